@@ -1,0 +1,1 @@
+"""gitferry: a Kubernetes GitOps operator."""
