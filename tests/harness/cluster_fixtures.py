@@ -60,7 +60,9 @@ class Cluster:
     kubeconfig: Path
     control_plane: ControlPlane | None = None  # set when we started it: audit log available
 
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
         proc = subprocess.run(
             [KUBECTL, *args], input=input, capture_output=True, text=True, env=env, timeout=120
@@ -70,7 +72,9 @@ class Cluster:
         return proc
 
     def get(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
-        args = ["get", kind, name, "-o", "json"] + (["-n", namespace] if namespace else [])
+        args = ["get", kind, name, "-o", "json", "--show-managed-fields"] + (
+            ["-n", namespace] if namespace else []
+        )
         proc = self.kubectl(*args, check=False)
         if proc.returncode != 0:
             if "NotFound" in proc.stderr or "not found" in proc.stderr:
@@ -84,7 +88,9 @@ class Cluster:
 
     def audit_writes(self, user: str, since: float) -> list[dict[str, Any]]:
         """Writes (not dry-run) that `user` made since `since` (time.time())."""
-        assert self.control_plane is not None, "the audit log exists only on the local control plane"
+        assert self.control_plane is not None, (
+            "the audit log exists only on the local control plane"
+        )
         out = []
         for ev in self.control_plane.audit_events():
             if ev.get("stage") != "ResponseComplete":
@@ -118,7 +124,9 @@ def _docker_available() -> bool:
 
 
 @pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+def cluster(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Cluster]:
     given = os.environ.get("GITFERRY_TEST_KUBECONFIG")
     if given:
         yield Cluster(Path(given))

@@ -1,0 +1,87 @@
+"""The Kopf adapter: thin handlers that hand every trigger to the scheduler.
+
+Nothing below this module imports kopf.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+
+from .api import SyncKey
+from .constants import ANNOTATION_REQUESTED_AT, FINALIZER, GROUP, KOPF_PREFIX, PLURAL, VERSION
+from .runtime import Runtime
+
+log = logging.getLogger("gitferry.handlers")
+RESOURCE = (GROUP, VERSION, PLURAL)
+_runtime: Runtime | None = None
+
+
+def runtime() -> Runtime:
+    assert _runtime is not None, "the startup handler has not run"
+    return _runtime
+
+
+def _key(namespace: str | None, name: str | None) -> SyncKey:
+    return SyncKey(namespace or "", name or "")
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    global _runtime
+    # Kopf's bookkeeping lives under its own prefix: Kopf ignores annotations under
+    # the prefix it writes when it diffs, which would hide gitferry.dev/requested-at.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=KOPF_PREFIX, key="last-handled-configuration"
+    )
+    # The finalizer guards the prune that runs when a sync is deleted.
+    settings.persistence.finalizer = FINALIZER
+    settings.posting.enabled = False  # gitferry posts its own Events
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    _runtime = Runtime.start()
+
+
+@kopf.on.cleanup()
+async def cleanup(**_: Any) -> None:
+    if _runtime is not None:
+        _runtime.close()
+
+
+@kopf.on.create(*RESOURCE)
+@kopf.on.resume(*RESOURCE)
+@kopf.on.update(*RESOURCE, field="spec")
+async def spec_changed(*, namespace: str | None, name: str, reason: str, **_: Any) -> None:
+    runtime().scheduler.request(_key(namespace, name), str(reason))
+
+
+@kopf.on.field(*RESOURCE, field=("metadata", "annotations", ANNOTATION_REQUESTED_AT))
+async def requested(*, namespace: str | None, name: str, new: Any, **_: Any) -> None:
+    if new:
+        runtime().scheduler.request(_key(namespace, name), "requested-at")
+
+
+@kopf.daemon(*RESOURCE, cancellation_timeout=5.0)
+async def worker(
+    *, namespace: str | None, name: str, stopped: kopf.DaemonStopped, **_: Any
+) -> None:
+    stop = asyncio.Event()
+
+    async def watch_stop() -> None:
+        await stopped.wait()
+        stop.set()
+
+    watcher = asyncio.create_task(watch_stop())
+    try:
+        await runtime().scheduler.run(_key(namespace, name), stop)
+    finally:
+        watcher.cancel()
+
+
+@kopf.on.delete(*RESOURCE)
+async def deleted(*, namespace: str | None, name: str, body: kopf.Body, **_: Any) -> None:
+    await runtime().finalize(_key(namespace, name), dict(body))

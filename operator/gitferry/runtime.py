@@ -1,0 +1,64 @@
+"""Wires the long-lived parts together: clients, discovery, git cache, scheduler."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from .api import SyncKey
+from .events import EventRecorder
+from .kube import Discovery, Kube, load_configuration
+from .limits import Limits
+from .reconcile import Context, reconcile
+from .scheduler import Scheduler
+from .settings import Settings
+from .source import GitSource, SourceSettings
+from .status import StatusWriter
+
+log = logging.getLogger("gitferry.runtime")
+
+
+@dataclass
+class Runtime:
+    context: Context
+    scheduler: Scheduler
+
+    @classmethod
+    def start(cls, settings: Settings | None = None) -> Runtime:
+        settings = settings or Settings.from_env()
+        kube = Kube(load_configuration())
+        discovery = Discovery(kube)
+        discovery.refresh()
+        source = GitSource(
+            SourceSettings(cache_dir=settings.cache_dir, allow_file_urls=settings.allow_file_urls)
+        )
+        ctx = Context(
+            kube=kube,
+            discovery=discovery,
+            source=source,
+            settings=settings,
+            limits=Limits(),
+            status=StatusWriter(kube),
+            events=EventRecorder(kube),
+        )
+        scheduler = Scheduler(functools.partial(reconcile, ctx), settings.max_concurrent_reconciles)
+        log.info(
+            "action=start cache_dir=%s allow_file_urls=%s",
+            settings.cache_dir,
+            settings.allow_file_urls,
+        )
+        return cls(ctx, scheduler)
+
+    async def finalize(self, key: SyncKey, body: dict[str, Any]) -> None:
+        """Runs when a sync is deleted (its finalizer)."""
+        await asyncio.get_running_loop().run_in_executor(None, self._finalize, key, body)
+
+    def _finalize(self, key: SyncKey, body: dict[str, Any]) -> None:
+        log.info("sync=%s action=delete", key)
+
+    def close(self) -> None:
+        self.scheduler.close()
+        self.context.source.close()

@@ -1,0 +1,70 @@
+"""When reconciles run: one worker per sync, one entry point to ask for one.
+
+Every trigger — the interval, a spec change, the requested-at annotation, and
+later webhooks and drift watches — calls `Scheduler.request`. Requests that
+arrive while a reconcile runs coalesce into one follow-up; reconciles of one
+sync never overlap; different syncs run concurrently on a bounded thread pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from .api import SyncKey
+from .reconcile import Result
+
+log = logging.getLogger("gitferry.scheduler")
+
+Reconciler = Callable[[SyncKey], Result]
+
+
+class Scheduler:
+    def __init__(self, reconciler: Reconciler, max_concurrent: int) -> None:
+        self._reconcile = reconciler
+        self._executor = ThreadPoolExecutor(
+            max_workers=max_concurrent, thread_name_prefix="reconcile"
+        )
+        self._wake: dict[SyncKey, asyncio.Event] = {}
+
+    def _event(self, key: SyncKey) -> asyncio.Event:
+        return self._wake.setdefault(key, asyncio.Event())
+
+    def request(self, key: SyncKey, why: str) -> None:
+        """Ask for a reconcile of `key` as soon as its worker is free."""
+        log.debug("sync=%s action=request why=%s", key, why)
+        self._event(key).set()
+
+    async def run(self, key: SyncKey, stopped: asyncio.Event) -> None:
+        """The worker of one sync: runs until `stopped` is set."""
+        wake = self._event(key)
+        wake.set()  # reconcile at once when the worker starts
+        next_in: float | None = None
+        loop = asyncio.get_running_loop()
+        try:
+            while not stopped.is_set():
+                waiters = [
+                    asyncio.ensure_future(wake.wait()),
+                    asyncio.ensure_future(stopped.wait()),
+                ]
+                try:
+                    await asyncio.wait(
+                        waiters, timeout=next_in, return_when=asyncio.FIRST_COMPLETED
+                    )
+                finally:
+                    for w in waiters:
+                        w.cancel()
+                if stopped.is_set():
+                    break
+                wake.clear()
+                result = await loop.run_in_executor(self._executor, self._reconcile, key)
+                next_in = result.next_in
+        finally:
+            self._wake.pop(key, None)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,54 @@
+"""Operator-wide settings, read once from the environment at start."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def _bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return float(value) if value else default
+
+
+def _int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value else default
+
+
+@dataclass(frozen=True)
+class Settings:
+    cache_dir: Path
+    # file:// lets one tenant read another's files on the operator's disk.
+    allow_file_urls: bool = False
+    # Applied as this ServiceAccount (in the sync's namespace) when a sync names none:
+    # lets a multi-tenant cluster deny syncs the operator's own rights.
+    default_service_account: str | None = None
+    max_concurrent_reconciles: int = 4
+    apply_concurrency: int = 8
+    # Up to this fraction is added to each interval so that syncs created together
+    # do not all hit the git server in the same second.
+    interval_jitter: float = 0.05
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        cache = os.environ.get("GITFERRY_CACHE_DIR") or str(
+            Path(tempfile.gettempdir()) / "gitferry-cache"
+        )
+        return cls(
+            cache_dir=Path(cache),
+            allow_file_urls=_bool("GITFERRY_ALLOW_FILE_URLS", False),
+            default_service_account=os.environ.get("GITFERRY_DEFAULT_SERVICE_ACCOUNT") or None,
+            max_concurrent_reconciles=_int("GITFERRY_MAX_CONCURRENT_RECONCILES", 4),
+            apply_concurrency=_int("GITFERRY_APPLY_CONCURRENCY", 8),
+            interval_jitter=_float("GITFERRY_INTERVAL_JITTER", 0.05),
+        )
