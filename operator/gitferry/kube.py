@@ -149,6 +149,7 @@ class Resource:
     kind: str
     plural: str
     namespaced: bool
+    verbs: frozenset[str] = frozenset()
 
     @property
     def api_version(self) -> str:
@@ -177,6 +178,7 @@ class Discovery:
         self._lock = threading.Lock()
         self._by_gvk: dict[tuple[str, str, str], Resource] = {}
         self._scope_by_gk: dict[tuple[str, str], bool] = {}
+        self._by_gk: dict[tuple[str, str], Resource] = {}
 
     def refresh(self, deadline: Deadline | None = None) -> None:
         found: dict[tuple[str, str, str], Resource] = {}
@@ -193,12 +195,22 @@ class Discovery:
                         if not kind:
                             continue
                         r = Resource(
-                            gname, vname, kind, res["resource"], res.get("scope") == "Namespaced"
+                            gname,
+                            vname,
+                            kind,
+                            res["resource"],
+                            res.get("scope") == "Namespaced",
+                            frozenset(res.get("verbs") or ()),
                         )
                         found.setdefault((gname, vname, kind), r)
+        # The preferred version comes first in aggregated discovery: keep it per kind.
+        by_gk: dict[tuple[str, str], Resource] = {}
+        for r in found.values():
+            by_gk.setdefault((r.group, r.kind), r)
         with self._lock:
             self._by_gvk = found
-            self._scope_by_gk = {(r.group, r.kind): r.namespaced for r in found.values()}
+            self._by_gk = by_gk
+            self._scope_by_gk = {gk: r.namespaced for gk, r in by_gk.items()}
 
     def _get(self, key: tuple[str, str, str]) -> Resource | None:
         with self._lock:
@@ -211,6 +223,21 @@ class Discovery:
             self.refresh()  # a CRD may have appeared since the last look
             r = self._get((group, version, kind))
         return r
+
+    def for_group_kind(self, group: str, kind: str, version: str = "") -> Resource | None:
+        """The resource at `version` if still served, else at the preferred version."""
+        with self._lock:
+            return self._by_gvk.get((group, version, kind)) or self._by_gk.get((group, kind))
+
+    def listable(self, namespaced: bool | None = None) -> list[Resource]:
+        """One resource per kind that can be listed (preferred version)."""
+        with self._lock:
+            rs = list(self._by_gk.values())
+        return [
+            r
+            for r in rs
+            if "list" in r.verbs and (namespaced is None or r.namespaced == namespaced)
+        ]
 
     def is_namespaced(self, group: str, kind: str) -> bool | None:
         with self._lock:

@@ -12,7 +12,7 @@ from .api import SyncKey
 from .events import EventRecorder
 from .kube import Discovery, Kube, load_configuration
 from .limits import Limits
-from .reconcile import Context, reconcile
+from .reconcile import Context, finalize, reconcile
 from .scheduler import Scheduler
 from .settings import Settings
 from .source import GitSource, SourceSettings
@@ -45,6 +45,7 @@ class Runtime:
             events=EventRecorder(kube),
         )
         scheduler = Scheduler(functools.partial(reconcile, ctx), settings.max_concurrent_reconciles)
+        ctx.request = lambda key: scheduler.request_from_thread(key, "hand-over")
         log.info(
             "action=start cache_dir=%s allow_file_urls=%s",
             settings.cache_dir,
@@ -57,7 +58,7 @@ class Runtime:
         await asyncio.get_running_loop().run_in_executor(None, self._finalize, key, body)
 
     def _finalize(self, key: SyncKey, body: dict[str, Any]) -> None:
-        log.info("sync=%s action=delete", key)
+        finalize(self.context, key, body)
 
     def close(self) -> None:
         self.scheduler.close()

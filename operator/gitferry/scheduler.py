@@ -29,21 +29,27 @@ class Scheduler:
             max_workers=max_concurrent, thread_name_prefix="reconcile"
         )
         self._wake: dict[SyncKey, asyncio.Event] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def _event(self, key: SyncKey) -> asyncio.Event:
         return self._wake.setdefault(key, asyncio.Event())
 
     def request(self, key: SyncKey, why: str) -> None:
-        """Ask for a reconcile of `key` as soon as its worker is free."""
+        """Ask for a reconcile of `key` as soon as its worker is free (event loop only)."""
         log.debug("sync=%s action=request why=%s", key, why)
         self._event(key).set()
+
+    def request_from_thread(self, key: SyncKey, why: str) -> None:
+        """The same, from a reconcile's worker thread."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.request, key, why)
 
     async def run(self, key: SyncKey, stopped: asyncio.Event) -> None:
         """The worker of one sync: runs until `stopped` is set."""
         wake = self._event(key)
         wake.set()  # reconcile at once when the worker starts
         next_in: float | None = None
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         try:
             while not stopped.is_set():
                 waiters = [

@@ -38,6 +38,8 @@ class Settings:
     # Up to this fraction is added to each interval so that syncs created together
     # do not all hit the git server in the same second.
     interval_jitter: float = 0.05
+    # Test hook: exit hard between apply and prune (proves the inventory is crash-safe).
+    crash_before_prune: bool = False
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -51,4 +53,5 @@ class Settings:
             max_concurrent_reconciles=_int("GITFERRY_MAX_CONCURRENT_RECONCILES", 4),
             apply_concurrency=_int("GITFERRY_APPLY_CONCURRENCY", 8),
             interval_jitter=_float("GITFERRY_INTERVAL_JITTER", 0.05),
+            crash_before_prune=_bool("GITFERRY_TEST_CRASH_BEFORE_PRUNE", False),
         )

@@ -162,13 +162,15 @@ _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _SCP_RE = re.compile(r"^(?:(?P<user>[^@/:]+)@)?(?P<host>\[[^\]/]+\]|[^@/:\[\]]+):(?P<path>.*)$")
 _HOST_RE = re.compile(r"^(?:[A-Za-z0-9_][A-Za-z0-9_.-]*|\[[0-9A-Fa-f:.]+\])$")
 _USER_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$")
-_USERINFO_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]*@")
+# Any user-info of an http(s) URL is a credential; elsewhere only a password is.
+_HTTP_USERINFO_RE = re.compile(r"(?i)\b(https?://)[^/@\s]*@")
+_PASSWORD_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^/@:\s]*):[^/@\s]*@")
 _NETWORK_SCHEMES = ("https", "http", "ssh")
 
 
 def redact_url(url: str) -> str:
-    """`url` without the user-info of a scheme://user:pass@host URL."""
-    return _USERINFO_RE.sub(r"\1", url)
+    """`url` without credentials: no user-info in http(s) URLs, no password in others."""
+    return _PASSWORD_RE.sub(r"\1@", _HTTP_USERINFO_RE.sub(r"\1", url))
 
 
 def parse_url(url: str, allow_file_urls: bool = False) -> GitURL:
@@ -380,25 +382,28 @@ def select_semver_tag(range_text: str, tags: Iterable[str]) -> str | None:
 
 
 # --- git's stderr ----------------------------------------------------------
+# Each list in order of preference for the line quoted in the message.
 _HOST_KEY_PATTERNS = (
-    "host key verification failed",
     "host key is known",
+    "has changed and you have requested strict checking",
+    "host key verification failed",
     "remote host identification has changed",
-    "host key for",
 )
 _AUTH_PATTERNS = (
+    "load key",  # the Secret's identity is no key: say so before "Permission denied"
+    "permission denied (",  # ssh's; a plain "Permission denied" may be a file's
     "authentication failed",
-    "could not read username",
-    "could not read password",
-    "permission denied",
+    "access denied",
+    "invalid username or password",
     "returned error: 401",
     "returned error: 403",
+    "could not read username",
+    "could not read password",
     "terminal prompts disabled",
-    "invalid username or password",
-    "load key",
     "invalid format",
     "too many authentication failures",
 )
+_HINTS = (("certificate", "if the server uses a private CA, put it in the Secret's ca.crt"),)
 _NOT_FOUND_PATTERNS = (
     "couldn't find remote ref",
     "unknown revision",
@@ -430,13 +435,13 @@ def scrub(text: str, secret_values: Iterable[str]) -> str:
     """`text` with every secret value, and any URL user-info, replaced by ***."""
     for value in sorted({v for v in secret_values if v}, key=len, reverse=True):
         text = text.replace(value, "***")
-    return _USERINFO_RE.sub(r"\1***@", text)
+    return _PASSWORD_RE.sub(r"\1:***@", _HTTP_USERINFO_RE.sub(r"\1***@", text))
 
 
 def _significant_lines(stderr: str) -> list[str]:
     lines = []
     for raw in re.split(r"[\r\n]+", stderr):
-        line = raw.strip()
+        line = raw.strip(" \t@")  # ssh frames its warnings in @
         if line and not line.lower().startswith(_NOISE_PREFIXES):
             lines.append(line[:_MAX_LINE])
     return lines
@@ -444,7 +449,7 @@ def _significant_lines(stderr: str) -> list[str]:
 
 def _git_words(lines: list[str], patterns: Sequence[str]) -> str:
     """One or two lines of git's own words: the one that explains, and the last fatal."""
-    explaining = [ln for ln in lines if any(p in ln.lower() for p in patterns)][:1]
+    explaining = [ln for p in patterns for ln in lines if p in ln.lower()][:1]
     fatal = [ln for ln in lines if ln.lower().startswith(("fatal:", "error:"))]
     chosen = explaining or fatal[:1]
     if fatal and fatal[-1] not in chosen:
@@ -481,7 +486,10 @@ def classify_git_error(
         error = RevisionNotFound(f"{wanted or 'revision'} not found in {where}: {words}")
     else:
         words = _git_words(lines, ())
-        error = GitFetchFailed(f"git {action} {where} failed: {words}")
+        hints = [hint for needle, hint in _HINTS if needle in lowered]
+        error = GitFetchFailed(
+            f"git {action} {where} failed: {words}" + "".join(f" ({hint})" for hint in hints)
+        )
     error.message = scrub(error.message, values)
     return error
 
@@ -587,6 +595,8 @@ class _GitSession:
                 f"git {action} {self.url.url} timed out after {t.seconds:.0f}s"
             ) from None
         if code != 0:
+            if self._tmp is not None:  # "Load key identity", not a temporary path
+                err = err.replace(f"{self._tmp}/", "")
             raise classify_git_error(
                 err,
                 action=action,
