@@ -11,7 +11,6 @@ from typing import Any
 from .api import SyncKey
 from .events import EventRecorder
 from .kube import Discovery, Kube, load_configuration
-from .limits import Limits
 from .reconcile import Context, finalize, reconcile
 from .scheduler import Scheduler
 from .settings import Settings
@@ -33,14 +32,21 @@ class Runtime:
         discovery = Discovery(kube)
         discovery.refresh()
         source = GitSource(
-            SourceSettings(cache_dir=settings.cache_dir, allow_file_urls=settings.allow_file_urls)
+            SourceSettings(
+                cache_dir=settings.cache_dir,
+                allow_file_urls=settings.allow_file_urls,
+                max_concurrent_fetches=settings.max_concurrent_fetches,
+                max_cache_bytes=settings.max_cache_bytes,
+                max_repo_bytes=settings.max_repo_bytes,
+                fetch_timeout=settings.fetch_timeout,
+            )
         )
         ctx = Context(
             kube=kube,
             discovery=discovery,
             source=source,
             settings=settings,
-            limits=Limits(),
+            limits=settings.limits,
             status=StatusWriter(kube),
             events=EventRecorder(kube),
         )

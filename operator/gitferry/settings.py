@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from .limits import Limits, MiB
 
 
 def _bool(name: str, default: bool) -> bool:
@@ -38,6 +40,12 @@ class Settings:
     # Up to this fraction is added to each interval so that syncs created together
     # do not all hit the git server in the same second.
     interval_jitter: float = 0.05
+    # Untrusted-content bounds for rendering (limits.py) and for fetching.
+    limits: Limits = field(default_factory=Limits)
+    fetch_timeout: float = 60.0
+    max_repo_bytes: int = 500 * MiB
+    max_cache_bytes: int = 2048 * MiB
+    max_concurrent_fetches: int = 4
     # Test hook: exit hard between apply and prune (proves the inventory is crash-safe).
     crash_before_prune: bool = False
 
@@ -54,4 +62,14 @@ class Settings:
             apply_concurrency=_int("GITFERRY_APPLY_CONCURRENCY", 8),
             interval_jitter=_float("GITFERRY_INTERVAL_JITTER", 0.05),
             crash_before_prune=_bool("GITFERRY_TEST_CRASH_BEFORE_PRUNE", False),
+            limits=Limits(
+                max_file_bytes=_int("GITFERRY_MAX_FILE_BYTES", Limits.max_file_bytes),
+                max_total_bytes=_int("GITFERRY_MAX_TOTAL_BYTES", Limits.max_total_bytes),
+                max_objects=_int("GITFERRY_MAX_OBJECTS", Limits.max_objects),
+                max_depth=_int("GITFERRY_MAX_DEPTH", Limits.max_depth),
+            ),
+            fetch_timeout=_float("GITFERRY_FETCH_TIMEOUT", 60.0),
+            max_repo_bytes=_int("GITFERRY_MAX_REPO_BYTES", 500 * MiB),
+            max_cache_bytes=_int("GITFERRY_MAX_CACHE_BYTES", 2048 * MiB),
+            max_concurrent_fetches=_int("GITFERRY_MAX_CONCURRENT_FETCHES", 4),
         )
