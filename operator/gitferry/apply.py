@@ -246,6 +246,11 @@ class Engine:
                 return it, "error", f"{it.where()}: {e.message}"
             if current is None:
                 return it, "create", None
+            rv = (dry.get("metadata") or {}).get("resourceVersion")
+            if rv != (current.get("metadata") or {}).get("resourceVersion"):
+                # Another controller wrote it since we read it (a Deployment's
+                # revision annotation): compare with what is there now.
+                current = self.get(it.obj, deadline) or current
             if _comparable(dry) == _comparable(current):
                 return it, "unchanged", None
             return it, "configure", None

@@ -52,8 +52,8 @@ async def cleanup(**_: Any) -> None:
         _runtime.close()
 
 
-@kopf.on.create(*RESOURCE)
-@kopf.on.resume(*RESOURCE)
+# A new (or, after a restart, resumed) sync needs no request: its worker daemon
+# reconciles as soon as it starts.
 @kopf.on.update(*RESOURCE, field="spec")
 async def spec_changed(*, namespace: str | None, name: str, reason: str, **_: Any) -> None:
     runtime().scheduler.request(_key(namespace, name), str(reason))
