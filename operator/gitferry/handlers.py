@@ -18,6 +18,7 @@ from .runtime import Runtime
 log = logging.getLogger("gitferry.handlers")
 RESOURCE = (GROUP, VERSION, PLURAL)
 _runtime: Runtime | None = None
+_background: set[asyncio.Task[None]] = set()
 
 
 def runtime() -> Runtime:
@@ -44,10 +45,13 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     _runtime = Runtime.start()
+    _background.add(asyncio.create_task(_runtime.watch_uninstall()))
 
 
 @kopf.on.cleanup()
 async def cleanup(**_: Any) -> None:
+    for task in _background:
+        task.cancel()
     if _runtime is not None:
         _runtime.close()
 

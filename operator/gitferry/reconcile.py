@@ -327,7 +327,10 @@ def _pipeline(run: Run, sync: Sync) -> str:
     asked = (
         sync.requested_at is not None and sync.requested_at != previous.last_handled_reconcile_at
     )
-    max_age = 0.0 if spec_changed or asked else sync.spec.interval
+    # After a failure too: a commit pushed before a Secret was fixed must not wait
+    # a whole interval behind a ref answer cached before the push.
+    failing = status.ready_status(run.status) != "True"
+    max_age = 0.0 if spec_changed or asked or failing else sync.spec.interval
 
     # fetch
     creds = _credentials(ctx, sync, deadline)

@@ -16,6 +16,7 @@ from .scheduler import Scheduler
 from .settings import Settings
 from .source import GitSource, SourceSettings
 from .status import StatusWriter
+from .uninstall import crd_deleting, orphan_all
 
 log = logging.getLogger("gitferry.runtime")
 
@@ -58,6 +59,17 @@ class Runtime:
             settings.allow_file_urls,
         )
         return cls(ctx, scheduler)
+
+    async def watch_uninstall(self, every: float = 5.0) -> None:
+        """Poll the CRD; once it is being deleted, orphan every sync (uninstall.py)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                if await loop.run_in_executor(None, crd_deleting, self.context.kube):
+                    await loop.run_in_executor(None, orphan_all, self.context.kube)
+            except Exception:  # keep watching: a passing API error must not end it
+                log.exception("action=uninstall-check")
+            await asyncio.sleep(every)
 
     async def finalize(self, key: SyncKey, body: dict[str, Any]) -> None:
         """Runs when a sync is deleted (its finalizer)."""

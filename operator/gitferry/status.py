@@ -61,6 +61,13 @@ def merge_conditions(
     return out
 
 
+def ready_status(status: dict[str, Any]) -> str | None:
+    for c in (status or {}).get("conditions") or []:
+        if c.get("type") == READY:
+            return str(c.get("status"))
+    return None
+
+
 def progressing(message: str, retrying: bool = False) -> list[Condition]:
     reason = Reason.PROGRESSING_WITH_RETRY if retrying else Reason.PROGRESSING
     return [
