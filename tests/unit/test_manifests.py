@@ -432,7 +432,12 @@ def test_deployment_runs_one_operator(
     assert spec["template"]["spec"]["serviceAccountName"] == "gitferry"
     assert container["image"] == "gitferry:dev"
     assert container["imagePullPolicy"] == "IfNotPresent"
-    assert container["command"] == ["gitferry", "run", "--all-namespaces"]
+    assert container["command"] == [
+        "gitferry",
+        "run",
+        "--all-namespaces",
+        "--liveness=http://0.0.0.0:8080/healthz",
+    ]
     assert container["resources"] == {
         "requests": {"cpu": "100m", "memory": "256Mi"},
         "limits": {"memory": "1Gi"},
