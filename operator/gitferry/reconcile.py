@@ -1,6 +1,6 @@
 """One reconcile of one GitRepositorySync, top to bottom:
 
-    fetch → render → apply → prune → status
+    fetch → render → ownership → apply → prune → status
 
 Each stage is a function from typed input to typed output in its own module;
 this file only strings them together, keeps the status honest at each step and
@@ -14,14 +14,12 @@ import base64
 import logging
 import os
 import random
-import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from . import applyset, inventory, status
-from .api import InventoryEntry, Sync, SyncKey, parse_duration, parse_status, parse_sync
+from .api import InventoryEntry, Sync, SyncKey, parse_status, parse_sync
 from .apply import Action, Change, ChangeSet, Engine, Item, Options
 from .constants import (
     ANNOTATION_ADOPTED,
@@ -32,12 +30,10 @@ from .constants import (
     DISABLED,
     ENABLED,
     FIELD_MANAGER,
-    GROUP,
     LABEL_SYNC_NAME,
     LABEL_SYNC_NAMESPACE,
-    PLURAL,
-    VERSION,
 )
+from .context import Context, sync_path
 from .deadline import Deadline
 from .errors import (
     AuthenticationFailed,
@@ -47,94 +43,15 @@ from .errors import (
     PruneRefused,
     SyncError,
 )
-from .events import NORMAL, WARNING, EventRecorder, SyncRef
-from .kube import MERGE_PATCH, Discovery, Kube, KubeError
-from .limits import Limits
+from .events import NORMAL, WARNING, SyncRef
+from .kube import MERGE_PATCH, Kube, KubeError
 from .ownership import Decision, Verdict, claim_value, decide
 from .prune import Pruner, PruneResult, find_owned
 from .refs import ObjRef
 from .render import Manifest, assign_namespaces, render
-from .settings import Settings
-from .source import GitCredentials, GitSource
-from .status import StatusWriter
+from .source import Checkout, GitCredentials
 
 log = logging.getLogger("gitferry.reconcile")
-
-
-@dataclass
-class Context:
-    """What every reconcile shares: clients, the git cache, settings."""
-
-    kube: Kube
-    discovery: Discovery
-    source: GitSource
-    settings: Settings
-    limits: Limits
-    status: StatusWriter
-    events: EventRecorder
-    # Asks for a reconcile of another sync (the scheduler's entry point).
-    request: Callable[[SyncKey], None] = lambda _key: None
-    _clients: dict[str | None, Kube] = field(default_factory=dict)
-    _last_warning: dict[SyncKey, str] = field(default_factory=dict)
-    # What each sync's git held at its last render: decides hand-overs.
-    _last_render: dict[SyncKey, frozenset[str]] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def remember_render(self, key: SyncKey, ids: set[str]) -> None:
-        with self._lock:
-            self._last_render[key] = frozenset(ids)
-
-    def _sync_body(self, key: SyncKey) -> dict[str, Any] | None:
-        try:
-            body = self.kube.request("GET", sync_path(key))
-        except KubeError as e:
-            if e.not_found:
-                return None
-            raise
-        return None if (body.get("metadata") or {}).get("deletionTimestamp") else body
-
-    def holds(self, owner: SyncKey, ref: ObjRef) -> bool:
-        """Does sync `owner` exist and does its git still hold `ref`?"""
-        body = self._sync_body(owner)
-        if body is None:
-            return False
-        with self._lock:
-            rendered = self._last_render.get(owner)
-        if rendered is not None:
-            return ref.id in rendered
-        return any(e.id == ref.id for e in parse_status(body.get("status")).inventory or ())
-
-    def can_hand_over(self, claimant: SyncKey, ref: ObjRef) -> bool:
-        """Hand an object over only to a sync whose last render includes it; when
-        that render is unknown here (a restart), hand over: it deletes less."""
-        if self._sync_body(claimant) is None:
-            return False
-        with self._lock:
-            rendered = self._last_render.get(claimant)
-        return rendered is None or ref.id in rendered
-
-    def client_for(self, sync: Sync) -> Kube:
-        """Apply and prune as the sync's ServiceAccount (impersonated), else as the
-        operator's default one, else as the operator itself."""
-        sa = sync.spec.service_account_name or self.settings.default_service_account
-        user = f"system:serviceaccount:{sync.key.namespace}:{sa}" if sa else None
-        with self._lock:
-            if user not in self._clients:
-                self._clients[user] = self.kube.as_user(user)
-            return self._clients[user]
-
-    def warn_once(self, key: SyncKey, message: str) -> bool:
-        """True the first time a failure message is seen for a sync in a row:
-        a failure retried every 30s raises one Warning, not one per retry."""
-        with self._lock:
-            if self._last_warning.get(key) == message:
-                return False
-            self._last_warning[key] = message
-            return True
-
-    def clear_warning(self, key: SyncKey) -> None:
-        with self._lock:
-            self._last_warning.pop(key, None)
 
 
 @dataclass(frozen=True)
@@ -198,10 +115,6 @@ class Run:
 
     def ms(self) -> int:
         return int((time.monotonic() - self.started) * 1000)
-
-
-def sync_path(key: SyncKey) -> str:
-    return f"/apis/{GROUP}/{VERSION}/namespaces/{key.namespace}/{PLURAL}/{key.name}"
 
 
 def reconcile(ctx: Context, key: SyncKey) -> Result:
@@ -314,52 +227,86 @@ def _mark_adopted(item: Item) -> None:
 
 
 def _pipeline(run: Run, sync: Sync) -> str:
-    ctx = run.ctx
+    """fetch → render → ownership → apply → prune → status; returns a log summary."""
     deadline = Deadline.after(sync.spec.timeout)
     _check_supported(sync)
+    checkout = _fetch(run, sync, deadline)
+    manifests = _render(run, sync, checkout, deadline)
+    old = _old_inventory(run, sync, manifests, checkout.revision, deadline)
+    plan = _own(run, sync, manifests, deadline)
+    changes = _apply(run, sync, plan, old, checkout.revision, deadline)
+    pruned, final = _prune(run, sync, plan, old, changes, checkout.revision, deadline)
+    return _finish(run, plan, pruned, final, changes, checkout.revision, deadline)
+
+
+def _fetch(run: Run, sync: Sync, deadline: Deadline) -> Checkout:
     previous = parse_status(run.status)
     spec_changed = sync.generation != previous.observed_generation
     if spec_changed:
         # kubectl wait right after a spec change must never see the old Ready.
         run.write(status.progressing(f"reconciling generation {sync.generation}"), deadline)
-    # The shared cache answers "what is the branch at?" for up to an interval; a
-    # new spec or a user's request to reconcile now asks the remote afresh.
+    # The shared cache answers "what is the branch at?" for up to an interval. A new
+    # spec, a user's request to reconcile now, or a retry after a failure (a commit
+    # pushed before a Secret was fixed) asks the remote afresh.
     asked = (
         sync.requested_at is not None and sync.requested_at != previous.last_handled_reconcile_at
     )
-    # After a failure too: a commit pushed before a Secret was fixed must not wait
-    # a whole interval behind a ref answer cached before the push.
     failing = status.ready_status(run.status) != "True"
     max_age = 0.0 if spec_changed or asked or failing else sync.spec.interval
+    creds = _credentials(run.ctx, sync, deadline)
+    checkout = run.ctx.source.fetch(sync.spec.url, sync.spec.ref, creds, deadline, max_age=max_age)
+    log.info(
+        "sync=%s revision=%s action=fetch duration_ms=%d", sync.key, checkout.revision, run.ms()
+    )
+    run.fields["lastAttemptedRevision"] = checkout.revision
+    return checkout
 
-    # fetch
-    creds = _credentials(ctx, sync, deadline)
-    checkout = ctx.source.fetch(sync.spec.url, sync.spec.ref, creds, deadline, max_age=max_age)
-    revision = checkout.revision
-    log.info("sync=%s revision=%s action=fetch duration_ms=%d", sync.key, revision, run.ms())
-    run.fields["lastAttemptedRevision"] = revision
 
-    # render
-    manifests = render(checkout.path, sync.spec.path, ctx.limits, deadline)
+def _render(run: Run, sync: Sync, checkout: Checkout, deadline: Deadline) -> list[Manifest]:
+    manifests = render(checkout.path, sync.spec.path, run.ctx.limits, deadline)
     default_ns = sync.spec.target_namespace or sync.key.namespace
-    manifests = assign_namespaces(manifests, ctx.discovery.is_namespaced, default_ns)
-    log.info("sync=%s revision=%s action=render objects=%d", sync.key, revision, len(manifests))
+    manifests = assign_namespaces(manifests, run.ctx.discovery.is_namespaced, default_ns)
+    log.info(
+        "sync=%s revision=%s action=render objects=%d", sync.key, checkout.revision, len(manifests)
+    )
+    return manifests
 
-    client = ctx.client_for(sync)
-    pruner = Pruner(client, ctx.discovery, sync.key, ctx.can_hand_over)
-    old_inventory = previous.inventory
-    if old_inventory is None:  # new, or a status lost in a restore: the labels tell
-        old_inventory = tuple(find_owned(ctx.kube, ctx.discovery, sync.key, deadline))
-    if not manifests and old_inventory and not sync.spec.allow_empty:
+
+def _old_inventory(
+    run: Run, sync: Sync, manifests: list[Manifest], revision: str, deadline: Deadline
+) -> tuple[InventoryEntry, ...]:
+    old = parse_status(run.status).inventory
+    if old is None:  # a new sync, or a status lost in a restore: the labels tell
+        old = tuple(find_owned(run.ctx.kube, run.ctx.discovery, sync.key, deadline))
+    if not manifests and old and not sync.spec.allow_empty:
         raise PruneRefused(
             f"revision {revision} holds no objects under {sync.spec.path!r}: applying it would delete "
-            f"all {len(old_inventory)} object(s) of this sync; set spec.allowEmpty: true to allow it"
+            f"all {len(old)} object(s) of this sync; set spec.allowEmpty: true to allow it"
         )
+    return old
 
-    # ownership: read what is live, decide per object before anything is written
-    set_id = applyset.applyset_id(sync.key.name, sync.key.namespace)
-    items = _items(sync, manifests, set_id)
+
+@dataclass
+class Plan:
+    """What this reconcile will write, after reading the live objects' owners."""
+
+    engine: Engine
+    client: Kube
+    items: list[Item]  # the writable ones
+    live: dict[ObjRef, dict[str, Any] | None]
+    verdicts: dict[ObjRef, Verdict]
+    conflicts: list[Verdict]
+
+    @property
+    def entries(self) -> tuple[InventoryEntry, ...]:
+        return tuple(inventory.entry(it.obj) for it in self.items)
+
+
+def _own(run: Run, sync: Sync, manifests: list[Manifest], deadline: Deadline) -> Plan:
+    ctx = run.ctx
+    items = _items(sync, manifests, applyset.applyset_id(sync.key.name, sync.key.namespace))
     ctx.remember_render(sync.key, {it.ref.id for it in items})
+    client = ctx.client_for(sync)
     engine = Engine(client, ctx.discovery, Options(FIELD_MANAGER, ctx.settings.apply_concurrency))
     live = engine.read_live(items, deadline)
     verdicts = {it.ref: decide(sync.key, it.ref, live.get(it.ref), ctx.holds) for it in items}
@@ -367,27 +314,38 @@ def _pipeline(run: Run, sync: Sync) -> str:
     for v in conflicts:
         if not v.claimed_by_us:
             _claim(engine, client, v, sync.key, deadline)
-    items = [it for it in items if verdicts[it.ref].writable]
-    for it in items:
+    writable = [it for it in items if verdicts[it.ref].writable]
+    for it in writable:
         if verdicts[it.ref].adopted:
             _mark_adopted(it)
+    return Plan(engine, client, writable, live, verdicts, conflicts)
 
-    # apply: the inventory and the ApplySet parent first grow to old ∪ new
-    new_entries = tuple(inventory.entry(it.obj) for it in items)
-    grown = inventory.union(old_inventory, new_entries)
+
+def _apply(
+    run: Run,
+    sync: Sync,
+    plan: Plan,
+    old: tuple[InventoryEntry, ...],
+    revision: str,
+    deadline: Deadline,
+) -> ChangeSet:
+    # The inventory and the ApplySet parent grow to old ∪ new before any write.
+    grown = inventory.union(old, plan.entries)
     run.set_parent(
         applyset.parent_metadata(sync.key.name, sync.key.namespace, _refs(grown)), deadline
     )
-    if revision != run.status.get("lastAppliedRevision") or grown != (previous.inventory or ()):
+    if revision != run.status.get("lastAppliedRevision") or grown != (
+        parse_status(run.status).inventory or ()
+    ):
         run.write(
             status.progressing(f"applying {revision}"),
             deadline,
             inventory=inventory.to_status(grown),
         )
-    changes = engine.apply(items, deadline, live)
-    for it in items:
-        if verdicts[it.ref].claimed_by_us:
-            _unclaim(engine, client, it, deadline)
+    changes = plan.engine.apply(plan.items, deadline, plan.live)
+    for it in plan.items:
+        if plan.verdicts[it.ref].claimed_by_us:
+            _unclaim(plan.engine, plan.client, it, deadline)
     log.info(
         "sync=%s revision=%s action=apply %s duration_ms=%d",
         sync.key,
@@ -395,33 +353,52 @@ def _pipeline(run: Run, sync: Sync) -> str:
         _counts(changes),
         run.ms(),
     )
-    if ctx.settings.crash_before_prune:  # test hook: prove the inventory is crash-safe
+    if run.ctx.settings.crash_before_prune:  # test hook: prove the inventory is crash-safe
         os._exit(70)
+    return changes
 
-    # prune
-    stale = inventory.stale(old_inventory, new_entries)
+
+def _prune(
+    run: Run,
+    sync: Sync,
+    plan: Plan,
+    old: tuple[InventoryEntry, ...],
+    changes: ChangeSet,
+    revision: str,
+    deadline: Deadline,
+) -> tuple[PruneResult, tuple[InventoryEntry, ...]]:
+    pruner = Pruner(plan.client, run.ctx.discovery, sync.key, run.ctx.can_hand_over)
+    stale = inventory.stale(old, plan.entries)
     pruned = pruner.prune(stale, deadline) if sync.spec.prune else pruner.release(stale, deadline)
-    for ref in pruned.deleted:
-        changes.changes.append(Change(ref, Action.DELETED))
-    final = inventory.union(pruned.remaining(), new_entries)
+    changes.changes += [Change(ref, Action.DELETED) for ref in pruned.deleted]
+    final = inventory.union(pruned.remaining(), plan.entries)
     run.set_parent(
         applyset.parent_metadata(sync.key.name, sync.key.namespace, _refs(final)), deadline
     )
     _report_prune(run, pruned)
     log.info("sync=%s revision=%s action=prune deleted=%d kept=%d failed=%d", sync.key, revision,
              len(pruned.deleted), len(pruned.kept), len(pruned.failed))  # fmt: skip
+    return pruned, final
 
-    # status
-    if conflicts:
-        owners = ", ".join(f"{v.ref} is owned by sync {v.owner}" for v in conflicts)
-        error: SyncError | None = OwnershipConflict(
-            f"{len(conflicts)} object(s) left alone: {owners}, whose git still holds them "
+
+def _finish(
+    run: Run,
+    plan: Plan,
+    pruned: PruneResult,
+    final: tuple[InventoryEntry, ...],
+    changes: ChangeSet,
+    revision: str,
+    deadline: Deadline,
+) -> str:
+    error: SyncError | None = None
+    if plan.conflicts:
+        owners = ", ".join(f"{v.ref} is owned by sync {v.owner}" for v in plan.conflicts)
+        error = OwnershipConflict(
+            f"{len(plan.conflicts)} object(s) left alone: {owners}, whose git still holds them "
             "(remove them from one of the two repositories)"
         )
     elif pruned.failed:
         error = PruneFailed("could not delete: " + "; ".join(msg for _, msg in pruned.failed))
-    else:
-        error = None
     if error is not None:
         run.write(status.failed(error), deadline, inventory=inventory.to_status(final))
         if changes.changed:
@@ -483,60 +460,3 @@ def _report_prune(run: Run, pruned: PruneResult) -> None:
 
 def _counts(changes: ChangeSet) -> str:
     return " ".join(f"{a.value}={changes.count(a)}" for a in Action)
-
-
-def finalize(ctx: Context, key: SyncKey, body: dict[str, Any]) -> None:
-    """A sync is being deleted: prune its whole inventory (same guards), or with
-    prune false release its objects; on an uninstall, orphan them."""
-    spec = body.get("spec") or {}
-    prune = spec.get("prune", True) is not False
-    try:
-        timeout = parse_duration(spec.get("timeout") or "2m", "timeout")
-    except SyncError:
-        timeout = 120.0
-    deadline = Deadline.after(timeout)
-    sync_ref = SyncRef(key, (body.get("metadata") or {}).get("uid", ""))
-    why = _uninstalling(ctx, key, deadline)
-    if why:
-        log.info("sync=%s action=delete orphaned=true why=%s", key, why)
-        return
-    entries = parse_status(body.get("status")).inventory
-    if entries is None:
-        entries = tuple(find_owned(ctx.kube, ctx.discovery, key, deadline))
-    try:
-        sync = parse_sync(body)
-        client = ctx.client_for(sync)
-    except SyncError:
-        client = ctx.kube
-    pruner = Pruner(client, ctx.discovery, key, ctx.can_hand_over)
-    order = inventory.stale(entries, ())
-    result = pruner.prune(order, deadline) if prune else pruner.release(order, deadline)
-    left = pruner.wait_gone(result.deleted, deadline) if prune else []
-    for ref, reason in result.kept:
-        ctx.events.post(
-            sync_ref, WARNING, "PruneSkipped", f"{ref} was not deleted with the sync: {reason}"
-        )
-    problems = [msg for _, msg in result.failed] + [f"{r} still exists" for r in left]
-    if problems:
-        ctx.events.post(sync_ref, WARNING, "PruneFailed",
-                        "the sync is released, but: " + "; ".join(problems))  # fmt: skip
-    log.info("sync=%s action=delete prune=%s deleted=%d kept=%d failed=%d", key, prune,
-             len(result.deleted), len(result.kept), len(problems))  # fmt: skip
-
-
-def _uninstalling(ctx: Context, key: SyncKey, deadline: Deadline) -> str | None:
-    """Why the sync's objects must be orphaned: its Namespace or our CRD is going."""
-    for path, what in (
-        (f"/api/v1/namespaces/{key.namespace}", f"its Namespace {key.namespace} is being deleted"),
-        (f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{PLURAL}.{GROUP}",
-         "the GitRepositorySync CRD is being deleted (an uninstall)"),
-    ):  # fmt: skip
-        try:
-            obj = ctx.kube.request("GET", path, deadline=deadline)
-        except KubeError as e:
-            if e.not_found:
-                return what
-            continue
-        if (obj.get("metadata") or {}).get("deletionTimestamp"):
-            return what
-    return None

@@ -9,9 +9,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from .api import SyncKey
+from .context import Context
 from .events import EventRecorder
+from .finalizer import finalize
 from .kube import Discovery, Kube, load_configuration
-from .reconcile import Context, finalize, reconcile
+from .reconcile import reconcile
 from .scheduler import Scheduler
 from .settings import Settings
 from .source import GitSource, SourceSettings

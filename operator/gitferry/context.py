@@ -1,0 +1,97 @@
+"""What every reconcile shares: clients, the git cache, settings, and what each
+sync's git held at its last render (so that syncs can hand objects over)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .api import Sync, SyncKey, parse_status
+from .constants import GROUP, PLURAL, VERSION
+from .events import EventRecorder
+from .kube import Discovery, Kube, KubeError
+from .limits import Limits
+from .refs import ObjRef
+from .settings import Settings
+from .source import GitSource
+from .status import StatusWriter
+
+
+def sync_path(key: SyncKey) -> str:
+    return f"/apis/{GROUP}/{VERSION}/namespaces/{key.namespace}/{PLURAL}/{key.name}"
+
+
+@dataclass
+class Context:
+    kube: Kube
+    discovery: Discovery
+    source: GitSource
+    settings: Settings
+    limits: Limits
+    status: StatusWriter
+    events: EventRecorder
+    # Asks for a reconcile of another sync (the scheduler's entry point).
+    request: Callable[[SyncKey], None] = lambda _key: None
+    _clients: dict[str | None, Kube] = field(default_factory=dict)
+    _last_warning: dict[SyncKey, str] = field(default_factory=dict)
+    # What each sync's git held at its last render: decides hand-overs.
+    _last_render: dict[SyncKey, frozenset[str]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def remember_render(self, key: SyncKey, ids: set[str]) -> None:
+        with self._lock:
+            self._last_render[key] = frozenset(ids)
+
+    def _sync_body(self, key: SyncKey) -> dict[str, Any] | None:
+        try:
+            body = self.kube.request("GET", sync_path(key))
+        except KubeError as e:
+            if e.not_found:
+                return None
+            raise
+        return None if (body.get("metadata") or {}).get("deletionTimestamp") else body
+
+    def holds(self, owner: SyncKey, ref: ObjRef) -> bool:
+        """Does sync `owner` exist and does its git still hold `ref`?"""
+        body = self._sync_body(owner)
+        if body is None:
+            return False
+        with self._lock:
+            rendered = self._last_render.get(owner)
+        if rendered is not None:
+            return ref.id in rendered
+        return any(e.id == ref.id for e in parse_status(body.get("status")).inventory or ())
+
+    def can_hand_over(self, claimant: SyncKey, ref: ObjRef) -> bool:
+        """Hand an object over only to a sync whose last render includes it; when
+        that render is unknown here (a restart), hand over: it deletes less."""
+        if self._sync_body(claimant) is None:
+            return False
+        with self._lock:
+            rendered = self._last_render.get(claimant)
+        return rendered is None or ref.id in rendered
+
+    def client_for(self, sync: Sync) -> Kube:
+        """Apply and prune as the sync's ServiceAccount (impersonated), else as the
+        operator's default one, else as the operator itself."""
+        sa = sync.spec.service_account_name or self.settings.default_service_account
+        user = f"system:serviceaccount:{sync.key.namespace}:{sa}" if sa else None
+        with self._lock:
+            if user not in self._clients:
+                self._clients[user] = self.kube.as_user(user)
+            return self._clients[user]
+
+    def warn_once(self, key: SyncKey, message: str) -> bool:
+        """True the first time a failure message is seen for a sync in a row:
+        a failure retried every 30s raises one Warning, not one per retry."""
+        with self._lock:
+            if self._last_warning.get(key) == message:
+                return False
+            self._last_warning[key] = message
+            return True
+
+    def clear_warning(self, key: SyncKey) -> None:
+        with self._lock:
+            self._last_warning.pop(key, None)

@@ -1,0 +1,76 @@
+"""Deleting a sync: prune its whole inventory (every prune guard still holds),
+or with prune false release its objects; on an uninstall, orphan them."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from . import inventory
+from .api import SyncKey, parse_duration, parse_status, parse_sync
+from .constants import GROUP, PLURAL
+from .context import Context
+from .deadline import Deadline
+from .errors import SyncError
+from .events import WARNING, SyncRef
+from .kube import KubeError
+from .prune import Pruner, find_owned
+
+log = logging.getLogger("gitferry.finalizer")
+
+
+def finalize(ctx: Context, key: SyncKey, body: dict[str, Any]) -> None:
+    """A sync is being deleted: prune its whole inventory (same guards), or with
+    prune false release its objects; on an uninstall, orphan them."""
+    spec = body.get("spec") or {}
+    prune = spec.get("prune", True) is not False
+    try:
+        timeout = parse_duration(spec.get("timeout") or "2m", "timeout")
+    except SyncError:
+        timeout = 120.0
+    deadline = Deadline.after(timeout)
+    sync_ref = SyncRef(key, (body.get("metadata") or {}).get("uid", ""))
+    why = _uninstalling(ctx, key, deadline)
+    if why:
+        log.info("sync=%s action=delete orphaned=true why=%s", key, why)
+        return
+    entries = parse_status(body.get("status")).inventory
+    if entries is None:
+        entries = tuple(find_owned(ctx.kube, ctx.discovery, key, deadline))
+    try:
+        sync = parse_sync(body)
+        client = ctx.client_for(sync)
+    except SyncError:
+        client = ctx.kube
+    pruner = Pruner(client, ctx.discovery, key, ctx.can_hand_over)
+    order = inventory.stale(entries, ())
+    result = pruner.prune(order, deadline) if prune else pruner.release(order, deadline)
+    left = pruner.wait_gone(result.deleted, deadline) if prune else []
+    for ref, reason in result.kept:
+        ctx.events.post(
+            sync_ref, WARNING, "PruneSkipped", f"{ref} was not deleted with the sync: {reason}"
+        )
+    problems = [msg for _, msg in result.failed] + [f"{r} still exists" for r in left]
+    if problems:
+        ctx.events.post(sync_ref, WARNING, "PruneFailed",
+                        "the sync is released, but: " + "; ".join(problems))  # fmt: skip
+    log.info("sync=%s action=delete prune=%s deleted=%d kept=%d failed=%d", key, prune,
+             len(result.deleted), len(result.kept), len(problems))  # fmt: skip
+
+
+def _uninstalling(ctx: Context, key: SyncKey, deadline: Deadline) -> str | None:
+    """Why the sync's objects must be orphaned: its Namespace or our CRD is going."""
+    for path, what in (
+        (f"/api/v1/namespaces/{key.namespace}", f"its Namespace {key.namespace} is being deleted"),
+        (f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{PLURAL}.{GROUP}",
+         "the GitRepositorySync CRD is being deleted (an uninstall)"),
+    ):  # fmt: skip
+        try:
+            obj = ctx.kube.request("GET", path, deadline=deadline)
+        except KubeError as e:
+            if e.not_found:
+                return what
+            continue
+        if (obj.get("metadata") or {}).get("deletionTimestamp"):
+            return what
+    return None
