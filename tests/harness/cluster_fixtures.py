@@ -267,4 +267,12 @@ def namespace(cluster: Cluster) -> Iterator[str]:
     name = f"t-{secrets.token_hex(4)}"
     cluster.kubectl("create", "namespace", name)
     yield name
+    # The test's operator is gone by now: drop the finalizers of its syncs so the
+    # namespace can finish deleting (their objects go with the namespace anyway).
+    syncs = cluster.kubectl("get", "grs", "-n", name, "-o", "name", check=False).stdout.split()
+    for sync in syncs:
+        cluster.kubectl(
+            "patch", sync, "-n", name, "--type=merge", "-p", '{"metadata":{"finalizers":null}}',
+            check=False,
+        )  # fmt: skip
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
