@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from .constants import ANNOTATION_REQUESTED_AT
 from .errors import InvalidSpec
 
 # Go-style durations, as Flux and kubectl write them: "1h30m", "45s", "500ms".
@@ -196,6 +197,6 @@ def parse_sync(body: dict[str, Any]) -> Sync:
         generation=int(meta.get("generation") or 0),
         spec=parse_spec(body.get("spec") or {}),
         status=parse_status(body.get("status")),
-        requested_at=(meta.get("annotations") or {}).get("gitferry.dev/requested-at"),
+        requested_at=(meta.get("annotations") or {}).get(ANNOTATION_REQUESTED_AT),
         deleting=bool(meta.get("deletionTimestamp")),
     )

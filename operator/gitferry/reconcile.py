@@ -26,6 +26,7 @@ from .constants import (
     ANNOTATION_CLAIM,
     ANNOTATION_FORCE,
     ANNOTATION_RECONCILE,
+    ANNOTATION_REQUESTED_AT,
     CLAIM_FIELD_MANAGER,
     DISABLED,
     ENABLED,
@@ -79,7 +80,7 @@ class Run:
         self.uid = meta.get("uid", "")
         self.generation = int(meta.get("generation") or 0)
         self.status: dict[str, Any] = dict(body.get("status") or {})
-        self.requested_at = (meta.get("annotations") or {}).get("gitferry.dev/requested-at")
+        self.requested_at = (meta.get("annotations") or {}).get(ANNOTATION_REQUESTED_AT)
         self.meta = {
             "labels": dict(meta.get("labels") or {}),
             "annotations": dict(meta.get("annotations") or {}),
@@ -140,6 +141,9 @@ def reconcile(ctx: Context, key: SyncKey) -> Result:
         summary = _pipeline(run, sync)
     except SyncError as e:
         _fail(run, e)
+        return Result(False, _jitter(retry, ctx.settings.interval_jitter))
+    except KubeError as e:  # a write of gitferry's own (status, ApplySet parent) failed
+        _fail(run, SyncError(f"the API server refused gitferry's own update: {e.message}"))
         return Result(False, _jitter(retry, ctx.settings.interval_jitter))
     except Exception as e:  # a bug: the log gets the traceback, the status never does
         log.exception("sync=%s action=reconcile error=internal", run.key)
