@@ -4,75 +4,32 @@ controller owns, like a Deployment's ReplicaSet, are never gitferry's to touch."
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import time
-from typing import Any
 
 import pytest
 
 from tests.harness.cluster_fixtures import Cluster, Operator, wait_for
 from tests.harness.git_fixtures import RepoFactory
-from tests.harness.syncs import create_sync, wait_condition
+from tests.harness.manifests import config_map, deployment, service
+from tests.harness.syncs import (
+    GITFERRY_LABELS,
+    PART_OF,
+    SYNC_NAME,
+    SYNC_NAMESPACE,
+    applyset_id,
+    create_sync,
+    labels_of,
+    wait_condition,
+)
 
 pytestmark = pytest.mark.e2e
-
-SYNC_NAME = "gitferry.dev/sync-name"
-SYNC_NAMESPACE = "gitferry.dev/sync-namespace"
-PART_OF = "applyset.kubernetes.io/part-of"
-GITFERRY_LABELS = (SYNC_NAME, SYNC_NAMESPACE, PART_OF)
-
-
-def config_map(name: str) -> str:
-    return json.dumps(
-        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"v": "1"}}
-    )
-
-
-def service(name: str) -> str:
-    return json.dumps(
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": name},
-            "spec": {"selector": {"app": name}, "ports": [{"port": 80}]},
-        }
-    )
-
-
-def deployment(name: str, template_labels: dict[str, str]) -> str:
-    return json.dumps(
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": name},
-            "spec": {
-                "replicas": 1,
-                "selector": {"matchLabels": {"app": name}},
-                "template": {
-                    "metadata": {"labels": {"app": name, **template_labels}},
-                    "spec": {"containers": [{"name": name, "image": "registry.invalid/web:1"}]},
-                },
-            },
-        }
-    )
-
-
-def applyset_id(name: str, namespace: str) -> str:
-    """kubectl's ApplySet id for the sync `namespace/name` (KEP-3659)."""
-    digest = hashlib.sha256(f"{name}.{namespace}.GitRepositorySync.gitferry.dev".encode()).digest()
-    return "applyset-" + base64.urlsafe_b64encode(digest).decode().rstrip("=") + "-v1"
 
 
 def delete_sync(cluster: Cluster, name: str, namespace: str) -> None:
     """`kubectl delete` waits for the finalizer, as a user's script would."""
     cluster.kubectl("delete", "grs", name, "-n", namespace, "--wait=true", "--timeout=60s")
     assert cluster.get("grs", name, namespace) is None
-
-
-def labels_of(obj: dict[str, Any] | None) -> dict[str, str]:
-    return ((obj or {}).get("metadata") or {}).get("labels") or {}
 
 
 def test_deleting_a_sync_deletes_its_objects_before_it_disappears(

@@ -22,41 +22,24 @@ from tests.harness.cluster_fixtures import Cluster, Operator, wait_for
 from tests.harness.git_fixtures import GIT_USERNAME, RepoFactory
 from tests.harness.gitrepo import served_root
 from tests.harness.gitserver import HttpGitServer, SshGitServer, descendants
+from tests.harness.manifests import config_map
 from tests.harness.pki import CA
-from tests.harness.syncs import condition, create_sync, events_for, wait_condition
+from tests.harness.syncs import (
+    condition,
+    create_git_auth_secret,
+    create_sync,
+    events_for,
+    put_secret,
+    request_reconcile,
+    wait_condition,
+)
 
 pytestmark = pytest.mark.e2e
 
-CM = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  v: '{v}'\n"
 SECRET = "git-auth"
 
 
 # --- helpers --------------------------------------------------------------------------
-
-
-def put_secret(cluster: Cluster, namespace: str, data: dict[str, str], name: str = SECRET) -> None:
-    """Create or replace the Secret. Server-side apply through stdin: the values are on
-    no command line and in no last-applied annotation; keys left out are removed."""
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": name, "namespace": namespace},
-        "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
-    }
-    cluster.kubectl(
-        "apply", "--server-side", "--force-conflicts", "--field-manager=test", "-f", "-",
-        input=json.dumps(secret),
-    )  # fmt: skip
-
-
-def request_reconcile(cluster: Cluster, name: str, namespace: str) -> str:
-    """Ask for a reconcile now (the `gitferry.dev/requested-at` annotation); returns the value."""
-    value = secrets.token_hex(8)
-    cluster.kubectl(
-        "annotate", f"grs/{name}", "-n", namespace,
-        f"gitferry.dev/requested-at={value}", "--overwrite",
-    )  # fmt: skip
-    return value
 
 
 def wait_handled(cluster: Cluster, name: str, namespace: str, value: str) -> dict[str, Any]:
@@ -76,6 +59,15 @@ def wait_handled(cluster: Cluster, name: str, namespace: str, value: str) -> dic
 def configmap_value(cluster: Cluster, name: str, namespace: str) -> str | None:
     cm = cluster.get("configmap", name, namespace)
     return None if cm is None else str(cm["data"]["v"])
+
+
+def wait_applied(
+    cluster: Cluster, namespace: str, ref: str, sha: str, configmap: str, value: str
+) -> None:
+    """Sync `web` is Ready with `<ref>@sha1:<sha>` applied: `configmap` holds `value`."""
+    sync = wait_condition(cluster, "web", namespace, revision_sha=sha)
+    assert sync["status"]["lastAppliedRevision"] == f"{ref}@sha1:{sha}"
+    assert configmap_value(cluster, configmap, namespace) == value
 
 
 def reconciles_ok(operator: Operator, name: str, namespace: str) -> int:
@@ -145,24 +137,13 @@ def test_https_with_basic_auth_and_the_secrets_ca(
 ) -> None:
     cluster = operator.cluster
     repo = repo_factory("private")
-    sha = repo.commit({"deploy/cm.yaml": CM.format(name="settings", v="https")}, "first")
+    sha = repo.commit({"deploy/cm.yaml": config_map("settings", "https")}, "first")
     repo.push()
-    assert https_git_server.password is not None
-    put_secret(
-        cluster,
-        namespace,
-        {
-            "username": GIT_USERNAME,
-            "password": https_git_server.password,
-            "ca.crt": test_ca.cert.read_text(),
-        },
-    )
+    create_git_auth_secret(cluster, namespace, https_git_server, ca=test_ca)
     url = https_git_server.url_for(repo.bare)
     create_sync(cluster, "web", namespace, url, path="deploy", secretRef={"name": SECRET})
 
-    sync = wait_condition(cluster, "web", namespace, revision_sha=sha)
-    assert sync["status"]["lastAppliedRevision"] == f"main@sha1:{sha}"
-    assert configmap_value(cluster, "settings", namespace) == "https"
+    wait_applied(cluster, namespace, "main", sha, "settings", "https")
     served = {r.user for r in https_git_server.log.records if r.status == 200}
     assert served == {GIT_USERNAME}
 
@@ -172,7 +153,7 @@ def test_http_with_a_bearer_token(
 ) -> None:
     cluster = operator.cluster
     repo = repo_factory("tokened")
-    sha = repo.commit({"cm.yaml": CM.format(name="settings", v="bearer")}, "first")
+    sha = repo.commit({"cm.yaml": config_map("settings", "bearer")}, "first")
     repo.push()
     token = f"tok-{secrets.token_urlsafe(16)}"
     with HttpGitServer(served_root(git_root), bearer_token=token) as server:
@@ -194,7 +175,7 @@ def test_ssh_with_identity_and_known_hosts(
 ) -> None:
     cluster = operator.cluster
     repo = repo_factory("over-ssh")
-    sha = repo.commit({"cm.yaml": CM.format(name="settings", v="ssh")}, "first")
+    sha = repo.commit({"cm.yaml": config_map("settings", "ssh")}, "first")
     repo.push()
     identity = ssh_git_server.client_key_path.read_text()
     put_secret(
@@ -212,9 +193,7 @@ def test_ssh_with_identity_and_known_hosts(
         secretRef={"name": SECRET},
     )
 
-    sync = wait_condition(cluster, "web", namespace, revision_sha=sha)
-    assert sync["status"]["lastAppliedRevision"] == f"main@sha1:{sha}"
-    assert configmap_value(cluster, "settings", namespace) == "ssh"
+    wait_applied(cluster, namespace, "main", sha, "settings", "ssh")
     # The key went to git through a private file that is gone once the fetch is done.
     key_lines = [ln for ln in identity.splitlines() if len(ln) >= 8 and "PRIVATE KEY" not in ln]
     assert files_containing(operator.workdir / "cache", ["PRIVATE KEY", *key_lines]) == []
@@ -233,11 +212,10 @@ def test_wrong_password_changes_nothing_until_the_secret_is_fixed(
 ) -> None:
     cluster = operator.cluster
     repo = repo_factory("guarded")
-    sha = repo.commit({"cm.yaml": CM.format(name="settings", v="1")}, "first")
+    sha = repo.commit({"cm.yaml": config_map("settings", "1")}, "first")
     repo.push()
     assert http_git_server.password is not None
-    good = {"username": GIT_USERNAME, "password": http_git_server.password}
-    put_secret(cluster, namespace, good)
+    create_git_auth_secret(cluster, namespace, http_git_server)
     # A long interval: only the reconciles this test asks for run (and retries).
     create_sync(
         cluster,
@@ -250,7 +228,7 @@ def test_wrong_password_changes_nothing_until_the_secret_is_fixed(
     wait_condition(cluster, "web", namespace, revision_sha=sha)
 
     # Someone rotates the password in the Secret to a wrong one; git moves on meanwhile.
-    sha2 = repo.commit({"cm.yaml": CM.format(name="settings", v="2")}, "second")
+    sha2 = repo.commit({"cm.yaml": config_map("settings", "2")}, "second")
     repo.push()
     wrong = f"wrong-{secrets.token_hex(8)}"
     put_secret(cluster, namespace, {"username": GIT_USERNAME, "password": wrong})
@@ -270,7 +248,7 @@ def test_wrong_password_changes_nothing_until_the_secret_is_fixed(
 
     # Fixing the Secret is enough: the next retry (retryInterval 2s) applies what the
     # branch holds now, not what it held before the failure.
-    put_secret(cluster, namespace, good)
+    create_git_auth_secret(cluster, namespace, http_git_server)
     wait_condition(cluster, "web", namespace, revision_sha=sha2, timeout=30)
     assert configmap_value(cluster, "settings", namespace) == "2"
 
@@ -288,7 +266,7 @@ def test_unknown_ssh_host_key_is_refused(
 ) -> None:
     cluster = operator.cluster
     repo = repo_factory("unknown-host")
-    repo.commit({"cm.yaml": CM.format(name="settings", v="1")}, "first")
+    repo.commit({"cm.yaml": config_map("settings", "1")}, "first")
     repo.push()
     lines = {
         # The client's public key posing as the server's: a host key that "has changed".
@@ -357,7 +335,7 @@ def test_credentials_appear_nowhere(
     cluster = operator.cluster
     server, needles = auth_server.server, auth_server.secret_values
     repo = repo_factory("secretive")
-    sha = repo.commit({"cm.yaml": CM.format(name="settings", v="1")}, "first")
+    sha = repo.commit({"cm.yaml": config_map("settings", "1")}, "first")
     repo.push()
     put_secret(cluster, namespace, auth_server.secret_data)
     create_sync(
@@ -422,7 +400,7 @@ def test_semver_range_picks_the_highest_release_and_follows_a_new_one(
     cluster = operator.cluster
     repo = repo_factory("released")
     for version in ("1.9.0", "1.10.0-rc.1", "2.0.0"):
-        repo.commit({"cm.yaml": CM.format(name="release", v=version)}, version)
+        repo.commit({"cm.yaml": config_map("release", version)}, version)
         repo.tag(f"v{version}")
     repo.push()
     create_sync(
@@ -438,11 +416,9 @@ def test_semver_range_picks_the_highest_release_and_follows_a_new_one(
     assert sync["status"]["lastAppliedRevision"].startswith("v1.9.0@sha1:")
     assert configmap_value(cluster, "release", namespace) == "1.9.0"
 
-    repo.commit({"cm.yaml": CM.format(name="release", v="1.10.0")}, "1.10.0")
+    repo.commit({"cm.yaml": config_map("release", "1.10.0")}, "1.10.0")
     sha = repo.tag("v1.10.0")
-    sync = wait_condition(cluster, "web", namespace, revision_sha=sha)
-    assert sync["status"]["lastAppliedRevision"] == f"v1.10.0@sha1:{sha}"
-    assert configmap_value(cluster, "release", namespace) == "1.10.0"
+    wait_applied(cluster, namespace, "v1.10.0", sha, "release", "1.10.0")
 
 
 def test_commit_pin_stays_while_the_branch_moves_on(
@@ -450,7 +426,7 @@ def test_commit_pin_stays_while_the_branch_moves_on(
 ) -> None:
     cluster = operator.cluster
     repo = repo_factory("pinned")
-    pinned = repo.commit({"cm.yaml": CM.format(name="settings", v="pinned")}, "first")
+    pinned = repo.commit({"cm.yaml": config_map("settings", "pinned")}, "first")
     repo.push()
     create_sync(
         cluster,
@@ -463,7 +439,7 @@ def test_commit_pin_stays_while_the_branch_moves_on(
     sync = wait_condition(cluster, "web", namespace, revision_sha=pinned)
     assert sync["status"]["lastAppliedRevision"] == f"main@sha1:{pinned}"
 
-    repo.commit({"cm.yaml": CM.format(name="settings", v="newer")}, "second")
+    repo.commit({"cm.yaml": config_map("settings", "newer")}, "second")
     repo.push()
     seen = reconciles_ok(operator, "web", namespace)
     wait_for(
@@ -471,9 +447,7 @@ def test_commit_pin_stays_while_the_branch_moves_on(
         lambda: reconciles_ok(operator, "web", namespace) >= seen + 2,
         30,
     )
-    sync = wait_condition(cluster, "web", namespace, revision_sha=pinned)
-    assert sync["status"]["lastAppliedRevision"] == f"main@sha1:{pinned}"
-    assert configmap_value(cluster, "settings", namespace) == "pinned"
+    wait_applied(cluster, namespace, "main", pinned, "settings", "pinned")
 
 
 def test_a_moved_tag_is_followed(
@@ -481,16 +455,14 @@ def test_a_moved_tag_is_followed(
 ) -> None:
     cluster = operator.cluster
     repo = repo_factory("retagged")
-    repo.commit({"cm.yaml": CM.format(name="settings", v="one")}, "first")
+    repo.commit({"cm.yaml": config_map("settings", "one")}, "first")
     first = repo.tag("v1")
     repo.push()
     create_sync(cluster, "web", namespace, repo.bare.file_url, ref={"tag": "v1"}, interval="2s")
     wait_condition(cluster, "web", namespace, revision_sha=first)
     assert configmap_value(cluster, "settings", namespace) == "one"
 
-    second = repo.commit({"cm.yaml": CM.format(name="settings", v="two")}, "second")
+    second = repo.commit({"cm.yaml": config_map("settings", "two")}, "second")
     repo.push()
     assert repo.move_tag("v1", second) == second
-    sync = wait_condition(cluster, "web", namespace, revision_sha=second)
-    assert sync["status"]["lastAppliedRevision"] == f"v1@sha1:{second}"
-    assert configmap_value(cluster, "settings", namespace) == "two"
+    wait_applied(cluster, namespace, "v1", second, "settings", "two")

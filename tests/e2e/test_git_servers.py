@@ -38,6 +38,17 @@ def _http_env(home: Path, server: HttpGitServer, **config: str) -> dict[str, str
     return client_env(home, username=server.username, password=server.password, config=config)
 
 
+def _http_clone(
+    server: HttpGitServer, repo: WorkRepo, tmp_path: Path
+) -> tuple[dict[str, str], Path]:
+    """Clone `repo` from `server` as its user into `tmp_path/clone`; the client's env and
+    the clone."""
+    env = _http_env(tmp_path / "client", server)
+    clone = tmp_path / "clone"
+    run_git(["clone", "-q", server.url_for(repo.bare), str(clone)], env)
+    return env, clone
+
+
 def _refs(clone: Path, env: dict[str, str], pattern: str) -> dict[str, str]:
     out = run_git(["for-each-ref", "--format=%(refname) %(objectname)", pattern], env, cwd=clone)
     pairs = (line.split(" ", 1) for line in out.stdout.splitlines())
@@ -55,9 +66,7 @@ def test_clone_over_http_with_basic_auth_speaks_protocol_v2(
     repo_factory: RepoFactory, http_git_server: HttpGitServer, tmp_path: Path
 ) -> None:
     repo = _published(repo_factory)
-    env = _http_env(tmp_path / "client", http_git_server)
-    clone = tmp_path / "clone"
-    run_git(["clone", "-q", http_git_server.url_for(repo.bare), str(clone)], env)
+    env, clone = _http_clone(http_git_server, repo, tmp_path)
 
     assert run_git(["rev-parse", "HEAD"], env, cwd=clone).stdout.strip() == repo.head()
     records = http_git_server.log.records
@@ -157,9 +166,7 @@ def test_fetch_of_40_tags_counts_ls_refs_and_fetch_with_gzip(
     repo_factory: RepoFactory, http_git_server: HttpGitServer, tmp_path: Path
 ) -> None:
     repo = _published(repo_factory)
-    env = _http_env(tmp_path / "client", http_git_server)
-    clone = tmp_path / "clone"
-    run_git(["clone", "-q", http_git_server.url_for(repo.bare), str(clone)], env)
+    env, clone = _http_clone(http_git_server, repo, tmp_path)
     for i in range(40):
         repo.commit({"version.txt": f"{i}\n"}, f"release {i}")
         repo.tag(f"v{i}", push=False)
@@ -209,9 +216,7 @@ def test_moved_tag_is_followed_only_with_a_forced_refspec(
 ) -> None:
     repo = _published(repo_factory)
     first = repo.tag("v1", annotated=annotated)
-    env = _http_env(tmp_path / "client", http_git_server)
-    clone = tmp_path / "clone"
-    run_git(["clone", "-q", http_git_server.url_for(repo.bare), str(clone)], env)
+    env, clone = _http_clone(http_git_server, repo, tmp_path)
 
     second = repo.commit({"README.md": "# app v2\n"}, "second")
     repo.push()

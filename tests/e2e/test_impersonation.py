@@ -6,11 +6,11 @@ import pytest
 
 from tests.harness.cluster_fixtures import Operator
 from tests.harness.git_fixtures import RepoFactory
+from tests.harness.manifests import config_map
 from tests.harness.syncs import condition, create_sync, wait_condition
 
 pytestmark = pytest.mark.e2e
 
-CM = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  v: '1'\n"
 CLUSTER_ROLE = """\
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRole
@@ -38,7 +38,7 @@ def test_tenant_cannot_escalate_through_its_sync(
     )  # fmt: skip
 
     repo = repo_factory("tenant")
-    sha = repo.commit({"cm.yaml": CM.format(name="tenant-config")}, "config")
+    sha = repo.commit({"cm.yaml": config_map("tenant-config")}, "config")
     repo.push()
     create_sync(cluster, "tenant", namespace, repo.bare.file_url, serviceAccountName="deployer")
     wait_condition(cluster, "tenant", namespace, revision_sha=sha)
@@ -47,7 +47,7 @@ def test_tenant_cannot_escalate_through_its_sync(
     role_name = f"{namespace}-escalate"
     repo.commit(
         {
-            "cm.yaml": CM.format(name="tenant-config"),
+            "cm.yaml": config_map("tenant-config"),
             "role.yaml": CLUSTER_ROLE.format(name=role_name),
         },
         "try to escalate",

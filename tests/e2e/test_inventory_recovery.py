@@ -9,11 +9,10 @@ import pytest
 
 from tests.harness.cluster_fixtures import Operator, wait_for
 from tests.harness.git_fixtures import RepoFactory
+from tests.harness.manifests import config_map
 from tests.harness.syncs import create_sync, patch_sync, wait_condition
 
 pytestmark = pytest.mark.e2e
-
-CM = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  v: '1'\n"
 
 
 def test_lost_status_is_rebuilt_from_labels_and_prune_still_works(
@@ -21,7 +20,7 @@ def test_lost_status_is_rebuilt_from_labels_and_prune_still_works(
 ) -> None:
     cluster = operator.cluster
     repo = repo_factory("restore")
-    sha = repo.commit({"a.yaml": CM.format(name="a"), "b.yaml": CM.format(name="b")}, "a and b")
+    sha = repo.commit({"a.yaml": config_map("a"), "b.yaml": config_map("b")}, "a and b")
     repo.push()
     create_sync(cluster, "r", namespace, repo.bare.file_url)
     wait_condition(cluster, "r", namespace, revision_sha=sha)

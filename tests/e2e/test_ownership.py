@@ -9,92 +9,38 @@ recognises as gitferry's and refuses to take over.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.harness.cluster_fixtures import Cluster, Operator, wait_for
+from tests.harness.cluster_fixtures import Operator, wait_for
 from tests.harness.git_fixtures import RepoFactory
-from tests.harness.syncs import condition, create_sync, events_for, patch_sync, wait_condition
+from tests.harness.manifests import config_map, deployment
+from tests.harness.syncs import (
+    GITFERRY_LABELS,
+    PART_OF,
+    SYNC_NAME,
+    SYNC_NAMESPACE,
+    annotations_of,
+    applyset_id,
+    condition,
+    create_sync,
+    inventory_ids,
+    labels_of,
+    patch_sync,
+    wait_condition,
+    wait_event,
+)
 
 pytestmark = pytest.mark.e2e
 
 KUBECTL = str(Path(sys.executable).parent / "kubectl")
-SYNC_NAME = "gitferry.dev/sync-name"
-SYNC_NAMESPACE = "gitferry.dev/sync-namespace"
-PART_OF = "applyset.kubernetes.io/part-of"
 ADOPTED = "gitferry.dev/adopted"
 CLAIMED_BY = "gitferry.dev/claimed-by"
-GITFERRY_LABELS = (SYNC_NAME, SYNC_NAMESPACE, PART_OF)
-
-
-def config_map(name: str, v: str = "1") -> str:
-    return json.dumps(
-        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"v": v}}
-    )
-
-
-def deployment(name: str) -> str:
-    return json.dumps(
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": name},
-            "spec": {
-                "replicas": 1,
-                "selector": {"matchLabels": {"app": name}},
-                "template": {
-                    "metadata": {"labels": {"app": name}},
-                    "spec": {"containers": [{"name": name, "image": "registry.invalid/web:1"}]},
-                },
-            },
-        }
-    )
-
-
-def applyset_id(name: str, namespace: str) -> str:
-    """kubectl's ApplySet id for the sync `namespace/name` (KEP-3659)."""
-    digest = hashlib.sha256(f"{name}.{namespace}.GitRepositorySync.gitferry.dev".encode()).digest()
-    return "applyset-" + base64.urlsafe_b64encode(digest).decode().rstrip("=") + "-v1"
-
-
-def inventory_ids(sync: dict[str, Any] | None) -> set[str]:
-    inv = ((sync or {}).get("status") or {}).get("inventory") or {}
-    return {e["id"] for e in inv.get("entries") or []}
-
-
-def labels_of(obj: dict[str, Any] | None) -> dict[str, str]:
-    return ((obj or {}).get("metadata") or {}).get("labels") or {}
-
-
-def annotations_of(obj: dict[str, Any] | None) -> dict[str, str]:
-    return ((obj or {}).get("metadata") or {}).get("annotations") or {}
-
-
-def wait_event(cluster: Cluster, sync: str, namespace: str, pattern: str) -> dict[str, Any]:
-    """The first Event (any type) on the sync whose message matches `pattern`."""
-
-    def find() -> dict[str, Any] | None:
-        for e in events_for(cluster, sync, namespace):
-            if re.search(pattern, e["message"]):
-                return e
-        return None
-
-    try:
-        return wait_for(f"an Event on grs/{sync} matching {pattern!r}", find, 60)  # type: ignore[no-any-return]
-    except AssertionError as e:
-        seen = [
-            (x["type"], x["reason"], x["message"]) for x in events_for(cluster, sync, namespace)
-        ]
-        raise AssertionError(f"{e}\nevents: {json.dumps(seen, indent=1)}") from None
 
 
 def test_pre_existing_object_put_in_git_is_adopted_and_left_behind_when_removed(

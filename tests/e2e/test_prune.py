@@ -10,12 +10,11 @@ is down prunes nothing; a crash between apply and prune leaks nothing.
 
 from __future__ import annotations
 
-import base64
-import hashlib
+import contextlib
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from itertools import pairwise
 from typing import Any
@@ -23,123 +22,70 @@ from typing import Any
 import pytest
 
 from tests.harness.cluster_fixtures import Cluster, Operator, wait_for
-from tests.harness.git_fixtures import GIT_USERNAME, RepoFactory
+from tests.harness.git_fixtures import RepoFactory
+from tests.harness.gitrepo import WorkRepo
 from tests.harness.gitserver import HttpGitServer
-from tests.harness.syncs import condition, create_sync, events_for, patch_sync, wait_condition
+from tests.harness.manifests import (
+    config_map,
+    deployment,
+    namespace_manifest,
+    service,
+    widget,
+    widget_crd,
+)
+from tests.harness.syncs import (
+    PART_OF,
+    SYNC_NAME,
+    SYNC_NAMESPACE,
+    applyset_id,
+    condition,
+    create_git_auth_secret,
+    create_sync,
+    events_for,
+    inventory_ids,
+    patch_sync,
+    request_reconcile,
+    wait_condition,
+    wait_event,
+)
 
 pytestmark = pytest.mark.e2e
 
-SYNC_NAME = "gitferry.dev/sync-name"
-SYNC_NAMESPACE = "gitferry.dev/sync-namespace"
-PART_OF = "applyset.kubernetes.io/part-of"
 CRASH_HOOK = "GITFERRY_TEST_CRASH_BEFORE_PRUNE"
 
 
 # --- what git holds ------------------------------------------------------------
 
 
-def config_map(
-    name: str, v: str = "1", namespace: str | None = None, annotations: dict[str, str] | None = None
-) -> str:
-    meta: dict[str, Any] = {"name": name}
-    if namespace:
-        meta["namespace"] = namespace
-    if annotations:
-        meta["annotations"] = annotations
-    return json.dumps({"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": {"v": v}})
+@contextlib.contextmanager
+def deleted_afterwards(cluster: Cluster, kind: str, name: str) -> Iterator[None]:
+    """The cluster-scoped object a test made outlives its namespace: delete it at the end."""
+    try:
+        yield
+    finally:
+        cluster.kubectl("delete", kind, name, "--wait=false", check=False)
 
 
-def namespace_manifest(name: str) -> str:
-    return json.dumps({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
-
-
-def service(name: str, namespace: str | None = None) -> str:
-    meta: dict[str, Any] = {"name": name}
-    if namespace:
-        meta["namespace"] = namespace
-    return json.dumps(
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": meta,
-            "spec": {"selector": {"app": name}, "ports": [{"port": 80}]},
-        }
-    )
-
-
-def deployment(name: str, template_labels: dict[str, str] | None = None) -> str:
-    labels = {"app": name, **(template_labels or {})}
-    return json.dumps(
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": name},
-            "spec": {
-                "replicas": 1,
-                "selector": {"matchLabels": {"app": name}},
-                "template": {
-                    "metadata": {"labels": labels},
-                    "spec": {"containers": [{"name": name, "image": "registry.invalid/web:1"}]},
-                },
-            },
-        }
-    )
-
-
-def widget_crd(group: str) -> str:
-    return json.dumps(
-        {
-            "apiVersion": "apiextensions.k8s.io/v1",
-            "kind": "CustomResourceDefinition",
-            "metadata": {"name": f"widgets.{group}"},
-            "spec": {
-                "group": group,
-                "scope": "Namespaced",
-                "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
-                "versions": [
-                    {
-                        "name": "v1",
-                        "served": True,
-                        "storage": True,
-                        "schema": {
-                            "openAPIV3Schema": {
-                                "type": "object",
-                                "properties": {
-                                    "spec": {
-                                        "type": "object",
-                                        "properties": {"size": {"type": "integer"}},
-                                    }
-                                },
-                            }
-                        },
-                    }
-                ],
-            },
-        }
-    )
-
-
-def widget(group: str, name: str, namespace: str | None = None) -> str:
-    meta: dict[str, Any] = {"name": name}
-    if namespace:
-        meta["namespace"] = namespace
-    return json.dumps(
-        {"apiVersion": f"{group}/v1", "kind": "Widget", "metadata": meta, "spec": {"size": 1}}
-    )
-
-
-def applyset_id(name: str, namespace: str) -> str:
-    """kubectl's ApplySet id for the sync `namespace/name` (KEP-3659)."""
-    digest = hashlib.sha256(f"{name}.{namespace}.GitRepositorySync.gitferry.dev".encode()).digest()
-    return "applyset-" + base64.urlsafe_b64encode(digest).decode().rstrip("=") + "-v1"
+@contextlib.contextmanager
+def synced_then_deleted(
+    cluster: Cluster,
+    namespace: str,
+    repo: WorkRepo,
+    files: Mapping[str, str | bytes | None],
+    kind: str,
+    name: str,
+) -> Iterator[dict[str, Any]]:
+    """Sync `web` applies `files` and a ConfigMap `stays` that no commit removes; yields
+    the sync once Ready. `kind/name`, which the files create cluster-wide, is deleted at
+    the end."""
+    sha = repo.commit({**files, "stays.yaml": config_map("stays")}, f"with {kind}/{name}")
+    repo.push()
+    with deleted_afterwards(cluster, kind, name):
+        create_sync(cluster, "web", namespace, repo.bare.file_url)
+        yield wait_condition(cluster, "web", namespace, revision_sha=sha)
 
 
 # --- what the cluster says -----------------------------------------------------
-
-
-def inventory_ids(sync: dict[str, Any] | None) -> set[str]:
-    inv = ((sync or {}).get("status") or {}).get("inventory") or {}
-    return {e["id"] for e in inv.get("entries") or []}
 
 
 def read_sync(cluster: Cluster, name: str, namespace: str) -> dict[str, Any]:
@@ -148,36 +94,8 @@ def read_sync(cluster: Cluster, name: str, namespace: str) -> dict[str, Any]:
     return sync
 
 
-def wait_event(
-    cluster: Cluster, sync: str, namespace: str, pattern: str, type_: str | None = None
-) -> dict[str, Any]:
-    """The first Event on the sync whose message matches `pattern` (a regex)."""
-
-    def find() -> dict[str, Any] | None:
-        for e in events_for(cluster, sync, namespace):
-            if (type_ is None or e["type"] == type_) and re.search(pattern, e["message"]):
-                return e
-        return None
-
-    try:
-        return wait_for(f"a {type_ or 'any'} Event on grs/{sync} matching {pattern!r}", find, 60)  # type: ignore[no-any-return]
-    except AssertionError as e:
-        seen = [
-            (x["type"], x["reason"], x["message"]) for x in events_for(cluster, sync, namespace)
-        ]
-        raise AssertionError(f"{e}\nevents: {json.dumps(seen, indent=1)}") from None
-
-
 def wait_gone(cluster: Cluster, kind: str, name: str, namespace: str | None = None) -> None:
     wait_for(f"{kind}/{name} to be gone", lambda: cluster.get(kind, name, namespace) is None, 60)
-
-
-def reconcile_now(cluster: Cluster, name: str, namespace: str) -> None:
-    """What a user does to skip the interval: set gitferry.dev/requested-at."""
-    cluster.kubectl(
-        "annotate", "grs", name, "-n", namespace,
-        f"gitferry.dev/requested-at={time.time()}", "--overwrite",
-    )  # fmt: skip
 
 
 def _epoch(stamp: str) -> float:
@@ -348,7 +266,7 @@ def test_object_relabelled_by_hand_for_another_sync_is_not_pruned(
     )
     sha2 = repo.commit({"mine.yaml": None}, "remove mine")
     repo.push()
-    reconcile_now(cluster, "web", namespace)
+    request_reconcile(cluster, "web", namespace)
     wait_condition(cluster, "web", namespace, revision_sha=sha2)
     mine = cluster.get("configmap", "mine", namespace)
     assert mine is not None, "gitferry deleted an object whose labels name another sync"
@@ -435,18 +353,11 @@ def test_namespace_holding_a_hand_made_secret_is_kept_with_a_warning(
     cluster = operator.cluster
     app_ns = f"{namespace}-app"
     repo = repo_factory("nskept")
-    sha = repo.commit(
-        {
-            "ns.yaml": namespace_manifest(app_ns),
-            "cfg.yaml": config_map("cfg", namespace=app_ns),
-            "stays.yaml": config_map("stays"),
-        },
-        "app namespace",
-    )
-    repo.push()
-    try:
-        create_sync(cluster, "web", namespace, repo.bare.file_url)
-        sync = wait_condition(cluster, "web", namespace, revision_sha=sha)
+    files = {
+        "ns.yaml": namespace_manifest(app_ns),
+        "cfg.yaml": config_map("cfg", namespace=app_ns),
+    }
+    with synced_then_deleted(cluster, namespace, repo, files, "namespace", app_ns) as sync:
         assert {f"_{app_ns}__Namespace", f"{app_ns}_cfg__ConfigMap"} <= inventory_ids(sync)
 
         # Someone keeps a Secret of their own in that namespace.
@@ -463,8 +374,6 @@ def test_namespace_holding_a_hand_made_secret_is_kept_with_a_warning(
         assert ns["metadata"].get("deletionTimestamp") is None
         assert ns["status"]["phase"] == "Active"
         assert cluster.get("secret", "hand-made", app_ns) is not None
-    finally:
-        cluster.kubectl("delete", "namespace", app_ns, "--wait=false", check=False)
 
 
 def test_removed_namespace_is_emptied_then_deleted(
@@ -473,19 +382,12 @@ def test_removed_namespace_is_emptied_then_deleted(
     cluster = operator.cluster
     app_ns = f"{namespace}-app"
     repo = repo_factory("nsgone")
-    sha = repo.commit(
-        {
-            "ns.yaml": namespace_manifest(app_ns),
-            "cfg.yaml": config_map("cfg", namespace=app_ns),
-            "svc.yaml": service("web", app_ns),
-            "stays.yaml": config_map("stays"),
-        },
-        "app namespace",
-    )
-    repo.push()
-    try:
-        create_sync(cluster, "web", namespace, repo.bare.file_url)
-        sync = wait_condition(cluster, "web", namespace, revision_sha=sha)
+    files = {
+        "ns.yaml": namespace_manifest(app_ns),
+        "cfg.yaml": config_map("cfg", namespace=app_ns),
+        "svc.yaml": service("web", app_ns),
+    }
+    with synced_then_deleted(cluster, namespace, repo, files, "namespace", app_ns) as sync:
         assert f"_{app_ns}__Namespace" in inventory_ids(sync)
 
         since = time.time()
@@ -501,8 +403,6 @@ def test_removed_namespace_is_emptied_then_deleted(
         assert_deleted_in_order(
             cluster, operator, since, [("services", "web"), ("namespaces", app_ns)]
         )
-    finally:
-        cluster.kubectl("delete", "namespace", app_ns, "--wait=false", check=False)
 
 
 def test_crd_and_its_custom_resources_removed_together_resources_first(
@@ -512,18 +412,8 @@ def test_crd_and_its_custom_resources_removed_together_resources_first(
     group = f"{namespace}.example.com"
     crd_name = f"widgets.{group}"
     repo = repo_factory("crdgone")
-    sha = repo.commit(
-        {
-            "crd.yaml": widget_crd(group),
-            "w1.yaml": widget(group, "w1"),
-            "stays.yaml": config_map("stays"),
-        },
-        "widgets",
-    )
-    repo.push()
-    try:
-        create_sync(cluster, "web", namespace, repo.bare.file_url)
-        sync = wait_condition(cluster, "web", namespace, revision_sha=sha)
+    files = {"crd.yaml": widget_crd(group), "w1.yaml": widget(group, "w1")}
+    with synced_then_deleted(cluster, namespace, repo, files, "crd", crd_name) as sync:
         assert {f"_{crd_name}_apiextensions.k8s.io_CustomResourceDefinition"} <= inventory_ids(sync)
         assert f"{namespace}_w1_{group}_Widget" in inventory_ids(sync)
 
@@ -545,8 +435,6 @@ def test_crd_and_its_custom_resources_removed_together_resources_first(
             e["message"] for e in events_for(cluster, "web", namespace) if e["type"] == "Warning"
         ]
         assert not warnings, warnings
-    finally:
-        cluster.kubectl("delete", "crd", crd_name, "--wait=false", check=False)
 
 
 def test_crd_holding_a_hand_made_custom_resource_is_kept_with_a_warning(
@@ -556,19 +444,9 @@ def test_crd_holding_a_hand_made_custom_resource_is_kept_with_a_warning(
     group = f"{namespace}.example.com"
     crd_name = f"widgets.{group}"
     repo = repo_factory("crdkept")
-    sha = repo.commit(
-        {
-            "crd.yaml": widget_crd(group),
-            "w1.yaml": widget(group, "w1"),
-            "stays.yaml": config_map("stays"),
-        },
-        "widgets",
-    )
-    repo.push()
-    try:
-        create_sync(cluster, "web", namespace, repo.bare.file_url)
-        wait_condition(cluster, "web", namespace, revision_sha=sha)
-        cluster.apply(widget(group, "hand-made", namespace))  # not from git
+    files = {"crd.yaml": widget_crd(group), "w1.yaml": widget(group, "w1")}
+    with synced_then_deleted(cluster, namespace, repo, files, "crd", crd_name):
+        cluster.apply(widget(group, "hand-made", namespace=namespace))  # not from git
 
         repo.commit({"crd.yaml": None, "w1.yaml": None}, "no more widgets")
         repo.push()
@@ -578,8 +456,6 @@ def test_crd_holding_a_hand_made_custom_resource_is_kept_with_a_warning(
         assert crd is not None, "the CRD was deleted with a hand-made Widget in it"
         assert crd["metadata"].get("deletionTimestamp") is None
         assert cluster.get(f"widgets.{group}", "hand-made", namespace) is not None
-    finally:
-        cluster.kubectl("delete", "crd", crd_name, "--wait=false", check=False)
 
 
 # --- revisions that must not prune ----------------------------------------------
@@ -631,11 +507,7 @@ def test_git_server_down_keeps_every_object_and_the_sync_recovers(
     repo = repo_factory("down")
     sha = repo.commit({"a.yaml": config_map("a"), "b.yaml": config_map("b")}, "ab")
     repo.push()
-    cluster.kubectl(
-        "create", "secret", "generic", "git-auth", "-n", namespace,
-        f"--from-literal=username={GIT_USERNAME}",
-        f"--from-literal=password={http_git_server.password}",
-    )  # fmt: skip
+    create_git_auth_secret(cluster, namespace, http_git_server)
     create_sync(
         cluster, "web", namespace, http_git_server.url_for(repo.bare),
         secretRef={"name": "git-auth"}, interval="2s", retryInterval="2s",

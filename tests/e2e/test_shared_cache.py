@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 
 from tests.harness.cluster_fixtures import Cluster, Operator, wait_for
-from tests.harness.git_fixtures import GIT_USERNAME, RepoFactory
+from tests.harness.git_fixtures import RepoFactory
 from tests.harness.gitserver import HttpGitServer
-from tests.harness.syncs import condition, sync_manifest, wait_condition
+from tests.harness.manifests import config_map
+from tests.harness.syncs import condition, create_git_auth_secret, sync_manifest, wait_condition
 
 pytestmark = pytest.mark.e2e
 
-CM = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  v: '{v}'\n"
 SYNCS = 50
 INTERVAL = 20.0
 
@@ -49,15 +49,9 @@ def test_fifty_syncs_of_one_branch_ask_once_per_interval_and_fetch_once(
     cluster = operator.cluster
     repo = repo_factory("monorepo")
     names = [f"app-{i:02d}" for i in range(SYNCS)]
-    sha = repo.commit({f"apps/{n}/cm.yaml": CM.format(name=n, v=1) for n in names}, "first")
+    sha = repo.commit({f"apps/{n}/cm.yaml": config_map(n, "1") for n in names}, "first")
     repo.push()
-    assert http_git_server.password is not None
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": "git-auth", "namespace": namespace},
-        "stringData": {"username": GIT_USERNAME, "password": http_git_server.password},
-    }
+    create_git_auth_secret(cluster, namespace, http_git_server)
     url = http_git_server.url_for(repo.bare)
     syncs = [
         sync_manifest(
@@ -70,7 +64,7 @@ def test_fifty_syncs_of_one_branch_ask_once_per_interval_and_fetch_once(
         )  # fmt: skip
         for n in names
     ]
-    cluster.apply("\n---\n".join(json.dumps(doc) for doc in [secret, *syncs]))
+    cluster.apply("\n---\n".join(json.dumps(doc) for doc in syncs))
     wait_for(
         f"all {SYNCS} syncs Ready",
         lambda: len(ready_at(cluster, namespace, sha)) == SYNCS,
@@ -89,7 +83,7 @@ def test_fifty_syncs_of_one_branch_ask_once_per_interval_and_fetch_once(
     assert fetched == 0
 
     # A commit that changes one app: that sync applies it, with one download for all.
-    sha2 = repo.commit({"apps/app-07/cm.yaml": CM.format(name="app-07", v=2)}, "bump app-07")
+    sha2 = repo.commit({"apps/app-07/cm.yaml": config_map("app-07", "2")}, "bump app-07")
     repo.push()
     wait_condition(cluster, "app-07", namespace, revision_sha=sha2, timeout=INTERVAL * 3)
     assert cluster.get("configmap", "app-07", namespace)["data"]["v"] == "2"  # type: ignore[index]

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
 
 from tests.harness.cluster_fixtures import Cluster, Operator, wait_for
 from tests.harness.git_fixtures import RepoFactory
-from tests.harness.syncs import create_sync, events_for, patch_sync, wait_condition
+from tests.harness.manifests import config_map, widget, widget_crd
+from tests.harness.syncs import (
+    create_sync,
+    events_for,
+    patch_sync,
+    request_reconcile,
+    wait_condition,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -139,42 +145,10 @@ def test_crd_and_custom_resource_in_one_commit(
     operator: Operator, namespace: str, repo_factory: RepoFactory, cluster: Cluster
 ) -> None:
     group = f"{namespace}.example.com"
-    crd = {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"widgets.{group}"},
-        "spec": {
-            "group": group,
-            "scope": "Namespaced",
-            "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
-            "versions": [
-                {
-                    "name": "v1",
-                    "served": True,
-                    "storage": True,
-                    "schema": {
-                        "openAPIV3Schema": {
-                            "type": "object",
-                            "properties": {
-                                "spec": {
-                                    "type": "object",
-                                    "properties": {"size": {"type": "integer"}},
-                                }
-                            },
-                        }
-                    },
-                }
-            ],
-        },
-    }
-    widget = {
-        "apiVersion": f"{group}/v1",
-        "kind": "Widget",
-        "metadata": {"name": "w1"},
-        "spec": {"size": 3},
-    }
     repo = repo_factory("crd")
-    sha = repo.commit({"crd.json": json.dumps(crd), "widget.yaml": json.dumps(widget)}, "crd + cr")
+    sha = repo.commit(
+        {"crd.json": widget_crd(group), "widget.yaml": widget(group, "w1", size=3)}, "crd + cr"
+    )
     repo.push()
     try:
         create_sync(cluster, "widgets", namespace, repo.bare.file_url)
@@ -190,21 +164,14 @@ def test_requested_at_applies_a_new_commit_before_the_interval(
 ) -> None:
     cluster = operator.cluster
     repo = repo_factory("now")
-    sha = repo.commit(
-        {"cm.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata: {v: '1'}\n"}, "1"
-    )
+    sha = repo.commit({"cm.yaml": config_map("c", "1")}, "1")
     repo.push()
     create_sync(cluster, "now", namespace, repo.bare.file_url, interval="1h")
     wait_condition(cluster, "now", namespace, revision_sha=sha)
 
-    sha2 = repo.commit(
-        {"cm.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata: {v: '2'}\n"}, "2"
-    )
+    sha2 = repo.commit({"cm.yaml": config_map("c", "2")}, "2")
     repo.push()
-    stamp = str(time.time())
-    cluster.kubectl(
-        "annotate", "grs/now", "-n", namespace, f"gitferry.dev/requested-at={stamp}", "--overwrite"
-    )
+    stamp = request_reconcile(cluster, "now", namespace)
     sync = wait_condition(cluster, "now", namespace, revision_sha=sha2, timeout=30)
     assert cluster.get("configmap", "c", namespace)["data"]["v"] == "2"  # type: ignore[index]
     wait_for(
@@ -222,15 +189,14 @@ def test_suspend_stops_changes_until_resumed(
 ) -> None:
     cluster = operator.cluster
     repo = repo_factory("suspend")
-    cm = "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: c}}\ndata: {{v: '{}'}}\n"
-    sha = repo.commit({"cm.yaml": cm.format(1)}, "1")
+    sha = repo.commit({"cm.yaml": config_map("c", "1")}, "1")
     repo.push()
     create_sync(cluster, "s", namespace, repo.bare.file_url, interval="2s")
     wait_condition(cluster, "s", namespace, revision_sha=sha)
 
     patch_sync(cluster, "s", namespace, {"spec": {"suspend": True}})
     wait_condition(cluster, "s", namespace, status="False", reason="Suspended")
-    sha2 = repo.commit({"cm.yaml": cm.format(2)}, "2")
+    sha2 = repo.commit({"cm.yaml": config_map("c", "2")}, "2")
     repo.push()
     time.sleep(5)  # more than two intervals: a running sync would have applied it
     assert cluster.get("configmap", "c", namespace)["data"]["v"] == "1"  # type: ignore[index]

@@ -7,11 +7,10 @@ import pytest
 
 from tests.harness.cluster_fixtures import Operator
 from tests.harness.git_fixtures import RepoFactory
+from tests.harness.manifests import config_map
 from tests.harness.syncs import condition, create_sync, events_for, patch_sync, wait_condition
 
 pytestmark = pytest.mark.e2e
-
-CM = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  v: '{v}'\n"
 
 
 def test_invalid_yaml_is_render_failed_naming_file_and_line(
@@ -19,14 +18,14 @@ def test_invalid_yaml_is_render_failed_naming_file_and_line(
 ) -> None:
     cluster = operator.cluster
     repo = repo_factory("badyaml")
-    sha = repo.commit({"a.yaml": CM.format(name="a", v=1)}, "good")
+    sha = repo.commit({"a.yaml": config_map("a", "1")}, "good")
     repo.push()
     create_sync(cluster, "y", namespace, repo.bare.file_url)
     wait_condition(cluster, "y", namespace, revision_sha=sha)
 
     repo.commit(
         {
-            "a.yaml": CM.format(name="a", v=2),
+            "a.yaml": config_map("a", "2"),
             "b.yaml": "kind: ConfigMap\nmetadata:\n  name: b\n  x: [1, 2\n",
         },
         "bad",
@@ -56,8 +55,8 @@ def test_schema_invalid_object_fails_apply_and_writes_none(
     )
     repo.commit(
         {
-            "ok1.yaml": CM.format(name="ok1", v=1),
-            "ok2.yaml": CM.format(name="ok2", v=1),
+            "ok1.yaml": config_map("ok1", "1"),
+            "ok2.yaml": config_map("ok2", "1"),
             "zz.yaml": bad,
         },
         "x",
@@ -82,7 +81,7 @@ def test_missing_path_stalls_until_a_commit_creates_it(
     sync = wait_condition(cluster, "p", namespace, type_="Stalled", reason="PathNotFound")
     assert "deploy/prod" in condition(sync, "Ready")["message"]  # type: ignore[index]
 
-    sha = repo.commit({"deploy/prod/cm.yaml": CM.format(name="c", v=1)}, "add path")
+    sha = repo.commit({"deploy/prod/cm.yaml": config_map("c", "1")}, "add path")
     repo.push()
     sync = wait_condition(cluster, "p", namespace, revision_sha=sha)
     assert condition(sync, "Stalled") is None
@@ -130,7 +129,7 @@ def test_ignored_and_dot_directories_and_remote_bases(
             ".github/workflows/ci.yaml": "on: push\njobs: {}\n",
             "values.yaml": "replicas: 3\n",
             ".gitferryignore": "values.yaml\n",
-            "cm.yaml": CM.format(name="c", v=1),
+            "cm.yaml": config_map("c", "1"),
         },
         "with noise",
     )
@@ -160,11 +159,11 @@ def test_kustomize_overlay_with_base_and_patch(
     sha = repo.commit(
         {
             "base/kustomization.yaml": "resources:\n  - cm.yaml\n",
-            "base/cm.yaml": CM.format(name="settings", v="base"),
+            "base/cm.yaml": config_map("settings", "base"),
             "overlays/prod/kustomization.yaml": (
                 "resources:\n  - ../../base\nnamePrefix: prod-\npatches:\n  - path: patch.yaml\n"
             ),
-            "overlays/prod/patch.yaml": CM.format(name="settings", v="prod"),
+            "overlays/prod/patch.yaml": config_map("settings", "prod"),
         },
         "overlay",
     )

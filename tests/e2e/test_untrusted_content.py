@@ -14,14 +14,20 @@ from pathlib import Path
 import pytest
 
 from tests.harness.cluster_fixtures import Cluster, Operator, wait_for
-from tests.harness.git_fixtures import GIT_USERNAME, RepoFactory
+from tests.harness.git_fixtures import RepoFactory
 from tests.harness.gitserver import HttpGitServer, descendants
+from tests.harness.manifests import config_map
 from tests.harness.pki import CA
-from tests.harness.syncs import condition, create_sync, patch_sync, wait_condition
+from tests.harness.syncs import (
+    condition,
+    create_git_auth_secret,
+    create_sync,
+    patch_sync,
+    wait_condition,
+)
 
 pytestmark = pytest.mark.e2e
 
-CM = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  v: '{v}'\n"
 MB = 1_000_000
 RSS_LIMIT = 400 * MB
 
@@ -56,14 +62,14 @@ def test_a_yaml_bomb_fails_its_sync_and_the_others_keep_working(
     cluster = operator.cluster
     assert operator.proc is not None
     good = repo_factory("good")
-    sha = good.commit({"cm.yaml": CM.format(name="settings", v="1")}, "first")
+    sha = good.commit({"cm.yaml": config_map("settings", "1")}, "first")
     good.push()
     create_sync(cluster, "good", namespace, good.bare.file_url)
     wait_condition(cluster, "good", namespace, revision_sha=sha)
 
     bomb = repo_factory("bomb")
     bomb.commit(
-        {"deploy/bomb.yaml": billion_laughs(), "deploy/cm.yaml": CM.format(name="bystander", v=1)},
+        {"deploy/bomb.yaml": billion_laughs(), "deploy/cm.yaml": config_map("bystander", "1")},
         "lol",
     )
     bomb.push()
@@ -77,7 +83,7 @@ def test_a_yaml_bomb_fails_its_sync_and_the_others_keep_working(
     assert memory_kb(operator.proc.pid, "VmHWM") * 1024 < RSS_LIMIT
 
     # The neighbour in the same namespace still follows its branch.
-    sha2 = good.commit({"cm.yaml": CM.format(name="settings", v="2")}, "second")
+    sha2 = good.commit({"cm.yaml": config_map("settings", "2")}, "second")
     good.push()
     wait_condition(cluster, "good", namespace, revision_sha=sha2)
     assert cluster.get("configmap", "settings", namespace)["data"]["v"] == "2"  # type: ignore[index]
@@ -94,7 +100,7 @@ def test_a_symlink_out_of_the_repository_is_refused(
 ) -> None:
     cluster = operator.cluster
     repo = repo_factory("links")
-    repo.commit({"deploy/cm.yaml": CM.format(name="settings", v=1)}, "a ConfigMap")
+    repo.commit({"deploy/cm.yaml": config_map("settings", "1")}, "a ConfigMap")
     repo.symlink(link, target)
     repo.push()
     create_sync(cluster, "web", namespace, repo.bare.file_url, path="deploy")
@@ -112,7 +118,7 @@ def test_a_50mb_file_is_refused_naming_the_size_limit(
     assert operator.proc is not None
     big = b"# comment\n" * (50 * MB // 10)
     repo = repo_factory("huge")
-    repo.commit({"deploy/big.yaml": big, "deploy/cm.yaml": CM.format(name="settings", v=1)}, "big")
+    repo.commit({"deploy/big.yaml": big, "deploy/cm.yaml": config_map("settings", "1")}, "big")
     repo.push()
     create_sync(cluster, "web", namespace, repo.bare.file_url, path="deploy")
 
@@ -167,21 +173,9 @@ def test_a_thousand_reconciles_leave_no_git_process_or_temp_dir(
     before = entries(tmpdir, cache / "tmp")
     repo = repo_factory("busy")
     names = [f"busy-{i}" for i in range(4)]
-    sha = repo.commit({f"{n}/cm.yaml": CM.format(name=n, v=1) for n in names}, "first")
+    sha = repo.commit({f"{n}/cm.yaml": config_map(n, "1") for n in names}, "first")
     repo.push()
-    assert https_git_server.password is not None
-    cluster.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": "git-auth", "namespace": namespace},
-            "stringData": {
-                "username": GIT_USERNAME,
-                "password": https_git_server.password,
-                "ca.crt": test_ca.cert.read_text(),
-            },
-        }
-    )
+    create_git_auth_secret(cluster, namespace, https_git_server, ca=test_ca)
     # Every reconcile asks git for the branch (max_age = interval = 10ms): two syncs
     # read a local path, two go over HTTPS with a private CA (a credential file per call).
     for name in names[:2]:

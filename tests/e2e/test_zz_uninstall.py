@@ -15,17 +15,12 @@ import pytest
 from tests.harness.cluster_fixtures import SA_NAMESPACE, Cluster, Operator, wait_for
 from tests.harness.controlplane import REPO
 from tests.harness.git_fixtures import RepoFactory
+from tests.harness.manifests import config_map
 from tests.harness.syncs import create_sync, wait_condition
 
 pytestmark = pytest.mark.e2e
 
 CRD = "gitrepositorysyncs.gitferry.dev"
-
-
-def config_map(name: str) -> str:
-    return json.dumps(
-        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"v": "1"}}
-    )
 
 
 def syncs_everywhere(cluster: Cluster) -> list[tuple[str, str]]:

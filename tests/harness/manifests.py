@@ -1,0 +1,123 @@
+"""What git holds in the end-to-end tests: small manifests as text, ready to commit.
+
+Each function returns one object as JSON (which is YAML too), so a test can put it
+in a file (`repo.commit({"a.yaml": config_map("a")}, ...)`) or apply it directly
+(`cluster.apply(widget(group, "w1", namespace=ns))`).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+IMAGE = "registry.invalid/web:1"  # never pulled: no test waits for a Pod to run
+
+
+def _metadata(
+    name: str, namespace: str | None = None, annotations: dict[str, str] | None = None
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name}
+    if namespace:
+        meta["namespace"] = namespace
+    if annotations:
+        meta["annotations"] = annotations
+    return meta
+
+
+def config_map(
+    name: str,
+    v: str = "1",
+    *,
+    namespace: str | None = None,
+    annotations: dict[str, str] | None = None,
+) -> str:
+    """A ConfigMap holding `data: {v: <v>}`."""
+    return json.dumps(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": _metadata(name, namespace, annotations),
+            "data": {"v": v},
+        }
+    )
+
+
+def namespace_manifest(name: str) -> str:
+    return json.dumps({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+
+
+def service(name: str, namespace: str | None = None) -> str:
+    """A Service on port 80 selecting `app: <name>`."""
+    return json.dumps(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": _metadata(name, namespace),
+            "spec": {"selector": {"app": name}, "ports": [{"port": 80}]},
+        }
+    )
+
+
+def deployment(name: str, template_labels: dict[str, str] | None = None) -> str:
+    """One replica of `app: <name>`; `template_labels` go on the pod template as well."""
+    return json.dumps(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": {"app": name}},
+                "template": {
+                    "metadata": {"labels": {"app": name, **(template_labels or {})}},
+                    "spec": {"containers": [{"name": name, "image": IMAGE}]},
+                },
+            },
+        }
+    )
+
+
+def widget_crd(group: str) -> str:
+    """The CRD of `widgets.<group>`: namespaced Widgets with a `spec.size` integer."""
+    return json.dumps(
+        {
+            "apiVersion": "apiextensions.k8s.io/v1",
+            "kind": "CustomResourceDefinition",
+            "metadata": {"name": f"widgets.{group}"},
+            "spec": {
+                "group": group,
+                "scope": "Namespaced",
+                "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
+                "versions": [
+                    {
+                        "name": "v1",
+                        "served": True,
+                        "storage": True,
+                        "schema": {
+                            "openAPIV3Schema": {
+                                "type": "object",
+                                "properties": {
+                                    "spec": {
+                                        "type": "object",
+                                        "properties": {"size": {"type": "integer"}},
+                                    }
+                                },
+                            }
+                        },
+                    }
+                ],
+            },
+        }
+    )
+
+
+def widget(group: str, name: str, size: int = 1, namespace: str | None = None) -> str:
+    """A Widget of the CRD that `widget_crd(group)` defines."""
+    return json.dumps(
+        {
+            "apiVersion": f"{group}/v1",
+            "kind": "Widget",
+            "metadata": _metadata(name, namespace),
+            "spec": {"size": size},
+        }
+    )
