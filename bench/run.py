@@ -486,10 +486,9 @@ def report(
         "  every object with server-side apply before it writes anything.",
         "- Right after the first reconcile, kube-controller-manager is still writing the",
         "  new Deployments (their `deployment.kubernetes.io/revision` annotation, through",
-        "  `/status`). The pipeline compares the object it read before its dry-run with the",
-        "  dry-run's result, so a Deployment the controller changed in between counts as",
-        "  `configured` and is patched again (a no-op server-side apply) and an Event is",
-        "  posted. How many depends on timing; it varies from run to run.",
+        "  `/status`). When the dry-run's resourceVersion shows that another controller",
+        "  wrote an object after the pipeline read it, the pipeline reads it again before",
+        "  comparing, so such a reconcile is still a no-op (0 real writes expected).",
         "- The no-op reconciles run once every Deployment is settled. They use the cached",
         "  branch head (interval 1h), so they time render + dry-run + compare, not a git",
         f"  fetch. Over all {NOOP_RUNS}: {noop.writes} real writes, {noop.dry_runs} dry-run"
