@@ -56,6 +56,7 @@ cluster-up: venv controlplane
 
 cluster-down: venv
 	@$(PY) -m tests.harness.controlplane down --dir $(CLUSTER_DIR)
+	@rm -rf $(CLUSTER_DIR)
 
 demo: venv prereqs controlplane
 	@bash hack/demo.sh

@@ -126,21 +126,19 @@ class ControlPlane:
 
     # --- lifecycle -----------------------------------------------------------
     @classmethod
-    def start(
-        cls, state_dir: Path, bin_dir: Path | None = None, detach: bool = False
-    ) -> ControlPlane:
+    def start(cls, state_dir: Path, bin_dir: Path | None = None) -> ControlPlane:
         bin_dir = bin_dir or build_binaries()
         state_dir = state_dir.resolve()
         state_dir.mkdir(parents=True, exist_ok=True)
         cp = cls(state_dir=state_dir)
         try:
-            cp._start(bin_dir, detach)
+            cp._start(bin_dir)
         except BaseException:
             cp.stop()
             raise
         return cp
 
-    def _spawn(self, name: str, argv: list[str], detach: bool) -> None:
+    def _spawn(self, name: str, argv: list[str]) -> None:
         log = open(self.state_dir / f"{name}.log", "ab")  # noqa: SIM115 (owned by the child)
         proc = subprocess.Popen(
             argv,
@@ -154,10 +152,10 @@ class ControlPlane:
         )
         log.close()
         self.pids[name] = proc.pid
-        self._procs.append(proc)  # detached or not: lets start() notice an early exit
+        self._procs.append(proc)  # lets start() notice an early exit
         (self.state_dir / "pids.json").write_text(json.dumps(self.pids))
 
-    def _start(self, bin_dir: Path, detach: bool) -> None:
+    def _start(self, bin_dir: Path) -> None:
         d = self.state_dir
         pki = d / "pki"
         _make_pki(pki)
@@ -177,7 +175,7 @@ class ControlPlane:
             f"--initial-cluster=default=http://127.0.0.1:{peer_port}",
             "--unsafe-no-fsync",
             "--log-level=warn",
-        ], detach)  # fmt: skip
+        ])  # fmt: skip
         self._wait_tcp(etcd_port, "etcd")
 
         self.server = f"https://127.0.0.1:{api_port}"
@@ -208,7 +206,7 @@ class ControlPlane:
             "--audit-log-maxsize=0",
             "--enable-priority-and-fairness=false",
             "--v=0",
-        ], detach)  # fmt: skip
+        ])  # fmt: skip
         write_kubeconfig(self.kubeconfig, self.server, self.ca_file, self.admin_token, "admin")
         self._wait_ready(timeout=120)
 
@@ -223,7 +221,7 @@ class ControlPlane:
             "--controllers=*",
             "--use-service-account-credentials=false",
             "--v=0",
-        ], detach)  # fmt: skip
+        ])  # fmt: skip
         (d / "server").write_text(self.server)
         (d / "admin-token").write_text(self.admin_token)
 
@@ -338,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
             f"a control plane already runs from {state}; `make cluster-down` first", file=sys.stderr
         )
         return 1
-    cp = ControlPlane.start(state, detach=True)
+    cp = ControlPlane.start(state)
     print(f"control plane up: {cp.server} (logs and audit log in {state})", file=sys.stderr)
     print(f"export KUBECONFIG={cp.kubeconfig}")
     return 0
