@@ -40,6 +40,9 @@ class Action(StrEnum):
     DELETED = "deleted"
 
 
+_WRITTEN = frozenset({Action.CREATED, Action.CONFIGURED, Action.RECREATED})
+
+
 @dataclass(frozen=True)
 class Item:
     """One object to apply, with where it came from and its per-object policy."""
@@ -204,8 +207,16 @@ class Engine:
         for stage in stages(items):
             missing = [it for it in stage if it.ref not in live]
             live.update(self.read_live(missing, deadline))
-            result.changes += self._apply_stage(stage, live, deadline)
-            crds = [it for it in stage if it.ref.kind == "CustomResourceDefinition"]
+            changes = self._apply_stage(stage, live, deadline)
+            result.changes += changes
+            # Only CRDs this stage wrote can be new to the API: an unchanged one costs
+            # no wait and no discovery refresh.
+            written = {c.ref for c in changes if c.action in _WRITTEN}
+            crds = [
+                it
+                for it in stage
+                if it.ref.kind == "CustomResourceDefinition" and it.ref in written
+            ]
             if crds:
                 self._wait_established(crds, deadline)
                 self.discovery.refresh(deadline)

@@ -4,7 +4,6 @@ sync's git held at its last render (so that syncs can hand objects over)."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,13 +31,23 @@ class Context:
     limits: Limits
     status: StatusWriter
     events: EventRecorder
-    # Asks for a reconcile of another sync (the scheduler's entry point).
-    request: Callable[[SyncKey], None] = lambda _key: None
     _clients: dict[str | None, Kube] = field(default_factory=dict)
     _last_warning: dict[SyncKey, str] = field(default_factory=dict)
     # What each sync's git held at its last render: decides hand-overs.
     _last_render: dict[SyncKey, frozenset[str]] = field(default_factory=dict)
+    _sync_locks: dict[SyncKey, threading.Lock] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def sync_lock(self, key: SyncKey) -> threading.Lock:
+        """Held by a reconcile and by the finalizer of one sync: they never overlap."""
+        with self._lock:
+            return self._sync_locks.setdefault(key, threading.Lock())
+
+    def forget(self, key: SyncKey) -> None:
+        """A deleted sync's memory must not judge a new one of the same name."""
+        with self._lock:
+            self._last_render.pop(key, None)
+            self._last_warning.pop(key, None)
 
     def remember_render(self, key: SyncKey, ids: set[str]) -> None:
         with self._lock:

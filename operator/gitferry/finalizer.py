@@ -7,27 +7,43 @@ import logging
 from typing import Any
 
 from . import inventory
-from .api import SyncKey, parse_duration, parse_status, parse_sync
-from .constants import GROUP, PLURAL
-from .context import Context
+from .api import SyncKey, parse_status, parse_sync
+from .context import Context, sync_path
 from .deadline import Deadline
 from .errors import SyncError
 from .events import WARNING, SyncRef
 from .kube import KubeError
 from .prune import Pruner, find_owned
+from .uninstall import CRD_PATH
 
 log = logging.getLogger("gitferry.finalizer")
 
 
 def finalize(ctx: Context, key: SyncKey, body: dict[str, Any]) -> None:
     """A sync is being deleted: prune its whole inventory (same guards), or with
-    prune false release its objects; on an uninstall, orphan them."""
-    spec = body.get("spec") or {}
-    prune = spec.get("prune", True) is not False
+    prune false release its objects; on an uninstall, orphan them. Waits for a
+    reconcile of the sync that is still running, then reads the sync afresh: that
+    reconcile may have grown the inventory."""
+    with ctx.sync_lock(key):
+        try:
+            body = ctx.kube.request("GET", sync_path(key))
+        except KubeError as e:
+            if not e.not_found:
+                raise  # Kopf retries the handler
+        _finalize(ctx, key, body)
+        ctx.forget(key)
+
+
+def _finalize(ctx: Context, key: SyncKey, body: dict[str, Any]) -> None:
     try:
-        timeout = parse_duration(spec.get("timeout") or "2m", "timeout")
-    except SyncError:
-        timeout = 120.0
+        sync = parse_sync(body)
+        prune, timeout, client = sync.spec.prune, sync.spec.timeout, ctx.client_for(sync)
+    except SyncError:  # an invalid spec: prune with the defaults, as the operator
+        prune, timeout, client = (
+            (body.get("spec") or {}).get("prune", True) is not False,
+            120.0,
+            ctx.kube,
+        )
     deadline = Deadline.after(timeout)
     sync_ref = SyncRef(key, (body.get("metadata") or {}).get("uid", ""))
     why = _uninstalling(ctx, key, deadline)
@@ -37,11 +53,6 @@ def finalize(ctx: Context, key: SyncKey, body: dict[str, Any]) -> None:
     entries = parse_status(body.get("status")).inventory
     if entries is None:
         entries = tuple(find_owned(ctx.kube, ctx.discovery, key, deadline))
-    try:
-        sync = parse_sync(body)
-        client = ctx.client_for(sync)
-    except SyncError:
-        client = ctx.kube
     pruner = Pruner(client, ctx.discovery, key, ctx.can_hand_over)
     order = inventory.stale(entries, ())
     result = pruner.prune(order, deadline) if prune else pruner.release(order, deadline)
@@ -62,15 +73,14 @@ def _uninstalling(ctx: Context, key: SyncKey, deadline: Deadline) -> str | None:
     """Why the sync's objects must be orphaned: its Namespace or our CRD is going."""
     for path, what in (
         (f"/api/v1/namespaces/{key.namespace}", f"its Namespace {key.namespace} is being deleted"),
-        (f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{PLURAL}.{GROUP}",
-         "the GitRepositorySync CRD is being deleted (an uninstall)"),
+        (CRD_PATH, "the GitRepositorySync CRD is being deleted (an uninstall)"),
     ):  # fmt: skip
         try:
             obj = ctx.kube.request("GET", path, deadline=deadline)
         except KubeError as e:
             if e.not_found:
                 return what
-            continue
+            raise  # unknown: never prune on a guess; Kopf retries the handler
         if (obj.get("metadata") or {}).get("deletionTimestamp"):
             return what
     return None

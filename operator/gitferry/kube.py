@@ -15,11 +15,13 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+import urllib3
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
 from .deadline import Deadline
+from .refs import split_api_version
 
 APPLY_PATCH = "application/apply-patch+yaml"
 MERGE_PATCH = "application/merge-patch+json"
@@ -85,6 +87,9 @@ def load_configuration(kubeconfig: str | None = None) -> k8s.Configuration:
         k8s_config.load_incluster_config(client_configuration=cfg)
     except k8s_config.ConfigException:
         k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+    # urllib3 would retry a hung call three times, each with a fresh timeout: the
+    # deadline bounds one attempt, and the reconcile retries on its own schedule.
+    cfg.retries = False
     return cfg
 
 
@@ -136,6 +141,12 @@ class Kube:
             raw = resp.read()
         except ApiException as e:
             raise KubeError.from_api_exception(e) from None
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            if deadline is not None:
+                deadline.remaining(f"{method} {path}")  # DeadlineExceeded when it ran out
+            raise KubeError(
+                0, "ConnectionError", f"{method} {path}: {type(e).__name__}: {e}"
+            ) from None
         if not 200 <= resp.status < 300:
             raise KubeError.from_api_exception(ApiException(http_resp=resp))
         data = json.loads(raw) if raw else {}
@@ -163,11 +174,6 @@ class Resource:
         if name:
             base += f"/{quote(name, safe='')}"
         return base
-
-
-def split_api_version(api_version: str) -> tuple[str, str]:
-    group, _, version = api_version.rpartition("/")
-    return group, version
 
 
 class Discovery:
@@ -216,11 +222,13 @@ class Discovery:
         with self._lock:
             return self._by_gvk.get(key)
 
-    def resource(self, api_version: str, kind: str) -> Resource | None:
+    def resource(
+        self, api_version: str, kind: str, deadline: Deadline | None = None
+    ) -> Resource | None:
         group, version = split_api_version(api_version)
         r = self._get((group, version, kind))
         if r is None:
-            self.refresh()  # a CRD may have appeared since the last look
+            self.refresh(deadline)  # a CRD may have appeared since the last look
             r = self._get((group, version, kind))
         return r
 
@@ -242,3 +250,10 @@ class Discovery:
     def is_namespaced(self, group: str, kind: str) -> bool | None:
         with self._lock:
             return self._scope_by_gk.get((group, kind))
+
+    def knows(self, group: str, kind: str, deadline: Deadline | None = None) -> bool:
+        """Whether the API serves the kind, refreshing once when it seems not to:
+        a CRD installed since the last look must not need an operator restart."""
+        if self.is_namespaced(group, kind) is None:
+            self.refresh(deadline)
+        return self.is_namespaced(group, kind) is not None

@@ -21,6 +21,7 @@ from .api import InventoryEntry, SyncKey
 from .applyset import LABEL_PART_OF
 from .constants import (
     ANNOTATION_ADOPTED,
+    ANNOTATION_CLAIM,
     ANNOTATION_PRUNE,
     DISABLED,
     LABEL_SYNC_NAME,
@@ -60,7 +61,7 @@ def release_patch(rv: str | None, keep_claim: bool = True) -> dict[str, Any]:
         "annotations": {ANNOTATION_ADOPTED: None},
     }
     if not keep_claim:
-        meta["annotations"]["gitferry.dev/claimed-by"] = None
+        meta["annotations"][ANNOTATION_CLAIM] = None
     if rv:
         meta["resourceVersion"] = rv  # precondition: fails if it changed since read
     return {"metadata": meta}
@@ -96,9 +97,9 @@ class Pruner:
         result = PruneResult()
         for entry in entries:
             ref = ObjRef.from_id(entry.id)
-            res = self.discovery.for_group_kind(ref.group, ref.kind, entry.v)
+            res = self._resource(ref, entry.v, deadline)
             if res is None:
-                continue
+                continue  # its kind is gone: so is the object
             path = res.path(ref.namespace, ref.name)
             try:
                 live = self.kube.request("GET", path, deadline=deadline)
@@ -113,7 +114,7 @@ class Pruner:
     def _one(
         self, entry: InventoryEntry, ref: ObjRef, result: PruneResult, deadline: Deadline
     ) -> None:
-        res = self.discovery.for_group_kind(ref.group, ref.kind, entry.v)
+        res = self._resource(ref, entry.v, deadline)
         if res is None:
             result.deleted.append(ref)  # its kind is gone (CRD deleted): so is the object
             return
@@ -163,6 +164,14 @@ class Pruner:
                 raise
         result.deleted.append(ref)
 
+    def _resource(self, ref: ObjRef, version: str, deadline: Deadline) -> Resource | None:
+        """The kind's resource; discovery is refreshed once before a kind counts as gone."""
+        res = self.discovery.for_group_kind(ref.group, ref.kind, version)
+        if res is None:
+            self.discovery.refresh(deadline)
+            res = self.discovery.for_group_kind(ref.group, ref.kind, version)
+        return res
+
     def _patch(self, path: str, patch: dict[str, Any], deadline: Deadline) -> None:
         self.kube.request("PATCH", path, deadline=deadline, body=patch, content_type=MERGE_PATCH)
 
@@ -186,7 +195,9 @@ class Pruner:
             spec = crd.get("spec") or {}
             kind = (spec.get("names") or {}).get("kind", "")
             res = self.discovery.for_group_kind(spec.get("group", ""), kind)
-            return self._scan([res], None, deadline, limit) if res else []
+            if res is None:  # cannot list its objects: keep the CRD (deletes less)
+                return [f"{kind}.{spec.get('group', '')} objects that could not be listed"]
+            return self._scan([res], None, deadline, limit)
         return []
 
     def _scan(
@@ -211,8 +222,8 @@ class Pruner:
                     continue
                 if meta.get("ownerReferences") or meta.get("deletionTimestamp"):
                     continue  # dependents go with their owners; deleting ones are leaving
-                if owner_of(obj) == self.me:
-                    continue
+                if owner_of(obj) == self.me and not is_adopted(obj):
+                    continue  # ours, being pruned; an adopted one still keeps it
                 found.append(o.describe())
                 if len(found) >= limit:
                     return found

@@ -59,6 +59,7 @@ log = logging.getLogger("gitferry.reconcile")
 class Result:
     ok: bool
     next_in: float  # seconds until the next periodic reconcile
+    wake: tuple[SyncKey, ...] = ()  # other syncs to reconcile now (hand-overs)
 
 
 def _jitter(seconds: float, fraction: float) -> float:
@@ -86,6 +87,7 @@ class Run:
             "annotations": dict(meta.get("annotations") or {}),
         }
         self.started = time.monotonic()
+        self.wake: list[SyncKey] = []
         # Fields every later status write carries (lastAttemptedRevision once fetched).
         self.fields: dict[str, Any] = {}
 
@@ -119,8 +121,14 @@ class Run:
 
 
 def reconcile(ctx: Context, key: SyncKey) -> Result:
-    """Reconcile one sync. It reads the sync afresh: a watch's copy may not yet
-    show the status (and inventory) that the previous reconcile wrote."""
+    """Reconcile one sync; never at the same time as its finalizer."""
+    with ctx.sync_lock(key):
+        return _reconcile(ctx, key)
+
+
+def _reconcile(ctx: Context, key: SyncKey) -> Result:
+    # Read the sync afresh: a watch's copy may not yet show the status (and
+    # inventory) that the previous reconcile wrote.
     try:
         body = ctx.kube.request("GET", sync_path(key))
     except KubeError as e:
@@ -141,7 +149,7 @@ def reconcile(ctx: Context, key: SyncKey) -> Result:
         summary = _pipeline(run, sync)
     except SyncError as e:
         _fail(run, e)
-        return Result(False, _jitter(retry, ctx.settings.interval_jitter))
+        return Result(False, _jitter(retry, ctx.settings.interval_jitter), tuple(run.wake))
     except KubeError as e:  # a write of gitferry's own (status, ApplySet parent) failed
         _fail(run, SyncError(f"the API server refused gitferry's own update: {e.message}"))
         return Result(False, _jitter(retry, ctx.settings.interval_jitter))
@@ -151,7 +159,7 @@ def reconcile(ctx: Context, key: SyncKey) -> Result:
         return Result(False, _jitter(retry, ctx.settings.interval_jitter))
     ctx.clear_warning(run.key)
     log.info("sync=%s action=reconcile result=ok %s duration_ms=%d", run.key, summary, run.ms())
-    return Result(True, _jitter(sync.spec.interval, ctx.settings.interval_jitter))
+    return Result(True, _jitter(sync.spec.interval, ctx.settings.interval_jitter), tuple(run.wake))
 
 
 def _fail(run: Run, error: SyncError) -> None:
@@ -268,6 +276,8 @@ def _fetch(run: Run, sync: Sync, deadline: Deadline) -> Checkout:
 
 def _render(run: Run, sync: Sync, checkout: Checkout, deadline: Deadline) -> list[Manifest]:
     manifests = render(checkout.path, sync.spec.path, run.ctx.limits, deadline)
+    if any(run.ctx.discovery.is_namespaced(m.group, m.kind) is None for m in manifests):
+        run.ctx.discovery.refresh(deadline)  # a CRD installed since the last look
     default_ns = sync.spec.target_namespace or sync.key.namespace
     manifests = assign_namespaces(manifests, run.ctx.discovery.is_namespaced, default_ns)
     log.info(
@@ -459,7 +469,7 @@ def _report_prune(run: Run, pruned: PruneResult) -> None:
             "HandedOver",
             f"{ref} left git and was handed over to sync {to}, whose git holds it",
         )
-        run.ctx.request(to)
+        run.wake.append(to)
 
 
 def _counts(changes: ChangeSet) -> str:

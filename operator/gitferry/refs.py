@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .kube import split_api_version
+
+def split_api_version(api_version: str) -> tuple[str, str]:
+    group, _, version = api_version.rpartition("/")
+    return group, version
 
 
 @dataclass(frozen=True, order=True)
@@ -28,8 +31,10 @@ class ObjRef:
 
     @classmethod
     def from_id(cls, id_: str) -> ObjRef:
-        # Names, namespaces and groups never hold "_", so the split is exact.
-        namespace, name, group, kind = id_.split("_", 3)
+        # Namespaces, groups and kinds never hold "_"; names can (RBAC objects):
+        # split the fixed parts off both ends.
+        rest, group, kind = id_.rsplit("_", 2)
+        namespace, name = rest.split("_", 1)
         return cls(group, kind, namespace, name)
 
     def describe(self) -> str:

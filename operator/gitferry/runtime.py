@@ -54,7 +54,6 @@ class Runtime:
             events=EventRecorder(kube),
         )
         scheduler = Scheduler(functools.partial(reconcile, ctx), settings.max_concurrent_reconciles)
-        ctx.request = lambda key: scheduler.request_from_thread(key, "hand-over")
         log.info(
             "action=start cache_dir=%s allow_file_urls=%s",
             settings.cache_dir,

@@ -29,27 +29,21 @@ class Scheduler:
             max_workers=max_concurrent, thread_name_prefix="reconcile"
         )
         self._wake: dict[SyncKey, asyncio.Event] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def _event(self, key: SyncKey) -> asyncio.Event:
-        return self._wake.setdefault(key, asyncio.Event())
 
     def request(self, key: SyncKey, why: str) -> None:
-        """Ask for a reconcile of `key` as soon as its worker is free (event loop only)."""
+        """Ask for a reconcile of `key` as soon as its worker is free. A sync with no
+        worker (not watched here, or gone) has nothing to wake."""
         log.debug("sync=%s action=request why=%s", key, why)
-        self._event(key).set()
-
-    def request_from_thread(self, key: SyncKey, why: str) -> None:
-        """The same, from a reconcile's worker thread."""
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self.request, key, why)
+        wake = self._wake.get(key)
+        if wake is not None:
+            wake.set()
 
     async def run(self, key: SyncKey, stopped: asyncio.Event) -> None:
         """The worker of one sync: runs until `stopped` is set."""
-        wake = self._event(key)
+        wake = self._wake[key] = asyncio.Event()
         wake.set()  # reconcile at once when the worker starts
         next_in: float | None = None
-        loop = self._loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
         try:
             while not stopped.is_set():
                 waiters = [
@@ -68,8 +62,11 @@ class Scheduler:
                 wake.clear()
                 result = await loop.run_in_executor(self._executor, self._reconcile, key)
                 next_in = result.next_in
+                for other in result.wake:  # e.g. the sync an object was handed over to
+                    self.request(other, "hand-over")
         finally:
-            self._wake.pop(key, None)
+            if self._wake.get(key) is wake:
+                del self._wake[key]
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

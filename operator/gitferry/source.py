@@ -226,6 +226,13 @@ def parse_url(url: str, allow_file_urls: bool = False) -> GitURL:
 
 
 def _parse_scp(url: str) -> GitURL:
+    userinfo, at, _ = url.partition("@")
+    if at and ":" in userinfo:
+        # `user:token@host:path` would otherwise read as host `user`; never quote it.
+        raise URLInvalid(
+            "spec.url carries credentials (user:password@): put them in the Secret named by "
+            "spec.secretRef instead"
+        )
     m = _SCP_RE.match(url)
     if m is None or "/" in url.partition(":")[0]:
         raise URLInvalid(

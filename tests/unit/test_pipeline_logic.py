@@ -164,3 +164,8 @@ def test_spec_defaults_and_refusals() -> None:
     assert parse_spec({"url": "x", "ref": {"branch": "main", "commit": "a" * 40}}).ref.commit
     with pytest.raises(InvalidSpec, match="spec.interval"):
         parse_spec({"url": "x", "interval": "5 minutes"})
+
+
+def test_inventory_id_of_an_rbac_name_with_underscores_round_trips() -> None:
+    ref = ObjRef("rbac.authorization.k8s.io", "Role", "apps", "read_only_role")
+    assert ObjRef.from_id(ref.id) == ref

@@ -408,3 +408,9 @@ def test_unusable_https_credentials_are_refused(tmp_path: Path, creds: GitCreden
             source.fetch(URL, GitRef(), creds, Deadline.after(30), 60)
     finally:
         source.close()
+
+
+def test_scp_style_url_with_a_token_is_refused_without_echoing_it() -> None:
+    with pytest.raises(URLInvalid) as e:
+        parse_url("alice:ghp_SECRETTOKEN@github.com:org/repo.git")
+    assert "ghp_SECRETTOKEN" not in str(e.value) and "secretRef" in str(e.value)
