@@ -36,19 +36,6 @@ class GitRef:
     semver: str | None = None
     commit: str | None = None
 
-    def describe(self) -> str:
-        if self.commit and self.branch:
-            return f"branch {self.branch} at commit {self.commit}"
-        for kind, value in (
-            ("branch", self.branch),
-            ("tag", self.tag),
-            ("semver range", self.semver),
-            ("commit", self.commit),
-        ):
-            if value:
-                return f"{kind} {value}"
-        return "the default branch"
-
 
 @dataclass(frozen=True)
 class ObjectRef:

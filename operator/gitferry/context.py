@@ -9,9 +9,9 @@ from typing import Any
 
 from .api import Sync, SyncKey, parse_status
 from .constants import GROUP, PLURAL, VERSION
+from .deadline import Deadline
 from .events import EventRecorder
 from .kube import Discovery, Kube, KubeError
-from .limits import Limits
 from .refs import ObjRef
 from .settings import Settings
 from .source import GitSource
@@ -28,7 +28,6 @@ class Context:
     discovery: Discovery
     source: GitSource
     settings: Settings
-    limits: Limits
     status: StatusWriter
     events: EventRecorder
     _clients: dict[str | None, Kube] = field(default_factory=dict)
@@ -53,25 +52,26 @@ class Context:
         with self._lock:
             self._last_render[key] = frozenset(ids)
 
-    def _sync_body(self, key: SyncKey) -> dict[str, Any] | None:
+    def _sync_body(self, key: SyncKey, deadline: Deadline | None = None) -> dict[str, Any] | None:
         try:
-            body = self.kube.request("GET", sync_path(key))
+            body = self.kube.request("GET", sync_path(key), deadline=deadline)
         except KubeError as e:
             if e.not_found:
                 return None
             raise
         return None if (body.get("metadata") or {}).get("deletionTimestamp") else body
 
-    def holds(self, owner: SyncKey, ref: ObjRef) -> bool:
-        """Does sync `owner` exist and does its git still hold `ref`?"""
-        body = self._sync_body(owner)
+    def owner_ids(self, owner: SyncKey, deadline: Deadline | None = None) -> frozenset[str] | None:
+        """The inventory ids sync `owner`'s git holds: its last render here, else its
+        inventory; None when that sync is gone or being deleted."""
+        body = self._sync_body(owner, deadline)
         if body is None:
-            return False
+            return None
         with self._lock:
             rendered = self._last_render.get(owner)
         if rendered is not None:
-            return ref.id in rendered
-        return any(e.id == ref.id for e in parse_status(body.get("status")).inventory or ())
+            return rendered
+        return frozenset(e.id for e in parse_status(body.get("status")).inventory or ())
 
     def can_hand_over(self, claimant: SyncKey, ref: ObjRef) -> bool:
         """Hand an object over only to a sync whose last render includes it; when

@@ -25,7 +25,6 @@ from .refs import split_api_version
 
 APPLY_PATCH = "application/apply-patch+yaml"
 MERGE_PATCH = "application/merge-patch+json"
-JSON_PATCH = "application/json-patch+json"
 
 # Aggregated discovery (Kubernetes >= 1.30): every group's resources in one GET.
 _AGGREGATED = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
@@ -64,14 +63,6 @@ class KubeError(Exception):
     @property
     def not_found(self) -> bool:
         return self.status == 404
-
-    @property
-    def conflict(self) -> bool:
-        return self.status == 409
-
-    @property
-    def forbidden(self) -> bool:
-        return self.status == 403
 
     @property
     def invalid(self) -> bool:

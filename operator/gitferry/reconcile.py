@@ -275,7 +275,7 @@ def _fetch(run: Run, sync: Sync, deadline: Deadline) -> Checkout:
 
 
 def _render(run: Run, sync: Sync, checkout: Checkout, deadline: Deadline) -> list[Manifest]:
-    manifests = render(checkout.path, sync.spec.path, run.ctx.limits, deadline)
+    manifests = render(checkout.path, sync.spec.path, run.ctx.settings.limits, deadline)
     if any(run.ctx.discovery.is_namespaced(m.group, m.kind) is None for m in manifests):
         run.ctx.discovery.refresh(deadline)  # a CRD installed since the last look
     default_ns = sync.spec.target_namespace or sync.key.namespace
@@ -323,11 +323,18 @@ def _own(run: Run, sync: Sync, manifests: list[Manifest], deadline: Deadline) ->
     client = ctx.client_for(sync)
     engine = Engine(client, ctx.discovery, Options(FIELD_MANAGER, ctx.settings.apply_concurrency))
     live = engine.read_live(items, deadline)
-    verdicts = {it.ref: decide(sync.key, it.ref, live.get(it.ref), ctx.holds) for it in items}
+    held: dict[SyncKey, frozenset[str] | None] = {}  # one read per other owner
+
+    def holds(owner: SyncKey, ref: ObjRef) -> bool:
+        if owner not in held:
+            held[owner] = ctx.owner_ids(owner, deadline)
+        return ref.id in (held[owner] or ())
+
+    verdicts = {it.ref: decide(sync.key, it.ref, live.get(it.ref), holds) for it in items}
     conflicts = [v for v in verdicts.values() if v.decision == Decision.CONFLICT]
     for v in conflicts:
         if not v.claimed_by_us:
-            _claim(engine, client, v, sync.key, deadline)
+            _set_claim(engine, client, v.ref, claim_value(sync.key), deadline)
     writable = [it for it in items if verdicts[it.ref].writable]
     for it in writable:
         if verdicts[it.ref].adopted:
@@ -352,14 +359,17 @@ def _apply(
         parse_status(run.status).inventory or ()
     ):
         run.write(
-            status.progressing(f"applying {revision}"),
+            # After a failure, kstatus readers see that this is a retry.
+            status.progressing(
+                f"applying {revision}", retrying=status.ready_status(run.status) == "False"
+            ),
             deadline,
             inventory=inventory.to_status(grown),
         )
     changes = plan.engine.apply(plan.items, deadline, plan.live)
     for it in plan.items:
         if plan.verdicts[it.ref].claimed_by_us:
-            _unclaim(plan.engine, plan.client, it, deadline)
+            _set_claim(plan.engine, plan.client, it.ref, None, deadline)
     log.info(
         "sync=%s revision=%s action=apply %s duration_ms=%d",
         sync.key,
@@ -433,31 +443,22 @@ def _refs(entries: tuple[InventoryEntry, ...]) -> list[ObjRef]:
     return [ObjRef.from_id(e.id) for e in entries]
 
 
-def _claim(engine: Engine, client: Kube, v: Verdict, me: SyncKey, deadline: Deadline) -> None:
-    """Record that this sync's git holds an object another sync owns, so that the
-    owner hands it over instead of deleting it when it leaves the owner's git.
-    A targeted merge patch under its own field manager: never a partial apply."""
-    res = engine.discovery.for_group_kind(v.ref.group, v.ref.kind)
+def _set_claim(
+    plan_engine: Engine, client: Kube, ref: ObjRef, value: str | None, deadline: Deadline
+) -> None:
+    """Record (or, once the object is ours, remove) this sync's claim on an object
+    another sync owns, so that the owner hands it over instead of deleting it when
+    it leaves the owner's git. A targeted merge patch under its own field manager:
+    never a partial apply, which would strip gitferry's fields."""
+    res = plan_engine.discovery.for_group_kind(ref.group, ref.kind)
     if res is None:
         return
-    patch = {"metadata": {"annotations": {ANNOTATION_CLAIM: claim_value(me)}}}
+    patch = {"metadata": {"annotations": {ANNOTATION_CLAIM: value}}}
     try:
-        client.request("PATCH", res.path(v.ref.namespace, v.ref.name), deadline=deadline, body=patch,
+        client.request("PATCH", res.path(ref.namespace, ref.name), deadline=deadline, body=patch,
                        content_type=MERGE_PATCH, query={"fieldManager": CLAIM_FIELD_MANAGER})  # fmt: skip
     except KubeError as e:
-        log.warning("sync=%s action=claim object=%s error=%s", me, v.ref, e.message)
-
-
-def _unclaim(engine: Engine, client: Kube, it: Item, deadline: Deadline) -> None:
-    res = engine.resource_for(it.obj)
-    if res is None:
-        return
-    patch = {"metadata": {"annotations": {ANNOTATION_CLAIM: None}}}
-    try:
-        client.request("PATCH", res.path(it.ref.namespace, it.ref.name), deadline=deadline, body=patch,
-                       content_type=MERGE_PATCH, query={"fieldManager": CLAIM_FIELD_MANAGER})  # fmt: skip
-    except KubeError as e:
-        log.warning("action=unclaim object=%s error=%s", it.ref, e.message)
+        log.warning("action=claim object=%s value=%s error=%s", ref, value, e.message)
 
 
 def _report_prune(run: Run, pruned: PruneResult) -> None:

@@ -49,7 +49,6 @@ class Runtime:
             discovery=discovery,
             source=source,
             settings=settings,
-            limits=settings.limits,
             status=StatusWriter(kube),
             events=EventRecorder(kube),
         )
@@ -82,3 +81,4 @@ class Runtime:
     def close(self) -> None:
         self.scheduler.close()
         self.context.source.close()
+        self.context.kube.close()
