@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .constants import ANNOTATION_REQUESTED_AT
+from .constants import ANNOTATION_REQUESTED_AT, GROUP, PLURAL, VERSION
 from .errors import InvalidSpec
 
 # Go-style durations, as Flux and kubectl write them: "1h30m", "45s", "500ms".
@@ -72,6 +72,11 @@ class SyncKey:
 
     def __str__(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+
+def sync_path(key: SyncKey) -> str:
+    """The API path of one GitRepositorySync."""
+    return f"/apis/{GROUP}/{VERSION}/namespaces/{key.namespace}/{PLURAL}/{key.name}"
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from .api import Sync, SyncKey, parse_status
-from .constants import GROUP, PLURAL, VERSION
+from .api import Sync, SyncKey, parse_status, sync_path
 from .deadline import Deadline
 from .events import EventRecorder
 from .kube import Discovery, Kube, KubeError
@@ -16,10 +15,6 @@ from .refs import ObjRef
 from .settings import Settings
 from .source import GitSource
 from .status import StatusWriter
-
-
-def sync_path(key: SyncKey) -> str:
-    return f"/apis/{GROUP}/{VERSION}/namespaces/{key.namespace}/{PLURAL}/{key.name}"
 
 
 @dataclass
@@ -52,7 +47,8 @@ class Context:
         with self._lock:
             self._last_render[key] = frozenset(ids)
 
-    def _sync_body(self, key: SyncKey, deadline: Deadline | None = None) -> dict[str, Any] | None:
+    def sync_body(self, key: SyncKey, deadline: Deadline | None = None) -> dict[str, Any] | None:
+        """The sync as the API server has it now; None when it is gone or being deleted."""
         try:
             body = self.kube.request("GET", sync_path(key), deadline=deadline)
         except KubeError as e:
@@ -64,7 +60,7 @@ class Context:
     def owner_ids(self, owner: SyncKey, deadline: Deadline | None = None) -> frozenset[str] | None:
         """The inventory ids sync `owner`'s git holds: its last render here, else its
         inventory; None when that sync is gone or being deleted."""
-        body = self._sync_body(owner, deadline)
+        body = self.sync_body(owner, deadline)
         if body is None:
             return None
         with self._lock:
@@ -76,7 +72,7 @@ class Context:
     def can_hand_over(self, claimant: SyncKey, ref: ObjRef) -> bool:
         """Hand an object over only to a sync whose last render includes it; when
         that render is unknown here (a restart), hand over: it deletes less."""
-        if self._sync_body(claimant) is None:
+        if self.sync_body(claimant) is None:
             return False
         with self._lock:
             rendered = self._last_render.get(claimant)

@@ -7,8 +7,8 @@ import logging
 from typing import Any
 
 from . import inventory
-from .api import SyncKey, parse_status, parse_sync
-from .context import Context, sync_path
+from .api import SyncKey, parse_status, parse_sync, sync_path
+from .context import Context
 from .deadline import Deadline
 from .errors import SyncError
 from .events import WARNING, SyncRef

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import applyset, inventory, status
-from .api import InventoryEntry, Sync, SyncKey, parse_status, parse_sync
+from .api import InventoryEntry, Sync, SyncKey, parse_status, parse_sync, sync_path
 from .apply import Action, Change, ChangeSet, Engine, Item, Options
 from .constants import (
     ANNOTATION_ADOPTED,
@@ -34,7 +34,7 @@ from .constants import (
     LABEL_SYNC_NAME,
     LABEL_SYNC_NAMESPACE,
 )
-from .context import Context, sync_path
+from .context import Context
 from .deadline import Deadline
 from .errors import (
     AuthenticationFailed,
@@ -130,14 +130,12 @@ def _reconcile(ctx: Context, key: SyncKey) -> Result:
     # Read the sync afresh: a watch's copy may not yet show the status (and
     # inventory) that the previous reconcile wrote.
     try:
-        body = ctx.kube.request("GET", sync_path(key))
+        body = ctx.sync_body(key)
     except KubeError as e:
-        if e.not_found:
-            return Result(True, 3600.0)
         log.warning("sync=%s action=read-failed error=%s", key, e.message)
         return Result(False, 10.0)
-    if (body.get("metadata") or {}).get("deletionTimestamp"):
-        return Result(True, 3600.0)  # the finalizer handles it
+    if body is None:
+        return Result(True, 3600.0)  # gone, or being deleted: the finalizer handles it
     run = Run(ctx, body)
     retry = 300.0
     try:

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from .api import SyncKey
-from .constants import GROUP, PLURAL, READY, RECONCILING, STALLED, VERSION, Reason
+from .api import SyncKey, sync_path
+from .constants import READY, RECONCILING, STALLED, Reason
 from .deadline import Deadline
 from .errors import SyncError
 from .kube import MERGE_PATCH, Kube
@@ -130,7 +130,7 @@ class StatusWriter:
         self.kube = kube
 
     def path(self, key: SyncKey) -> str:
-        return f"/apis/{GROUP}/{VERSION}/namespaces/{key.namespace}/{PLURAL}/{key.name}/status"
+        return f"{sync_path(key)}/status"
 
     def write(
         self,
