@@ -1,25 +1,41 @@
 # gitferry: `make demo` and `make test` are the two commands that matter.
 SHELL := /bin/bash
 PYTHON ?= python3
-VENV := .venv
+VENV ?= .venv
 PY := $(VENV)/bin/python
 CLUSTER_DIR ?= .cluster
-export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: help venv prereqs controlplane lint typecheck unit e2e test cluster-up cluster-down demo demo-down bench clean
+.PHONY: help venv lock prereqs controlplane lint typecheck unit e2e test cluster-up cluster-down demo demo-down bench clean
 
 help:
 	@echo "make demo          start a local control plane + gitferry, sync examples/ (make demo-down stops it)"
 	@echo "make test          lint, type check, unit and e2e tests (builds the control plane on first use)"
 	@echo "make cluster-up    start the local control plane in the background (make cluster-down stops it)"
 
-$(VENV)/.installed: pyproject.toml
+# Every install comes from a lock of exact versions with hashes
+# (requirements/*.lock): a new release of a dependency never changes a run.
+# `make lock` refreshes the locks from the ranges in pyproject.toml.
+LOCK := requirements/test.lock
+UV_VERSION := 0.13.8
+LOCK_ARGS := --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 --quiet
+
+$(VENV)/.installed: $(LOCK) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r $(LOCK)
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
 	touch $@
 
 venv: $(VENV)/.installed
+
+lock:
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet uv==$(UV_VERSION)
+	$(VENV)/bin/uv pip compile pyproject.toml requirements/build.in --extra test $(LOCK_ARGS) -o requirements/test.lock
+	$(VENV)/bin/uv pip compile pyproject.toml $(LOCK_ARGS) -o requirements/runtime.lock
+	@rm -f $(VENV)/.installed
+	@echo "locks refreshed: review the diff of requirements/*.lock, then make test"
 
 # sshd serves git over SSH in the tests; Debian's openssh-server.
 prereqs:
@@ -34,9 +50,11 @@ prereqs:
 controlplane:
 	@bash hack/controlplane/build.sh >/dev/null
 
+# ruff, and import-linter holding the layers (pyproject.toml [tool.importlinter]).
 lint: venv
 	$(VENV)/bin/ruff check operator tests bench
 	$(VENV)/bin/ruff format --check operator tests bench
+	$(VENV)/bin/lint-imports --no-cache
 
 typecheck: venv
 	$(VENV)/bin/mypy

@@ -33,6 +33,14 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("kopf.objects", "kopf.activities", "kubernetes", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
+    from .settings import Settings, SettingsError
+
+    try:  # a bad setting stops the start with one line, not a crash loop of tracebacks
+        Settings.from_env()
+    except SettingsError as e:
+        print(f"gitferry: invalid setting: {e}", file=sys.stderr)
+        return 2
+
     import kopf
 
     from . import handlers  # noqa: F401  (registers the handlers)

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
-from .constants import ANNOTATION_REQUESTED_AT, GROUP, PLURAL, VERSION
+from .constants import ANNOTATION_REQUESTED_AT, GROUP, PLURAL, READY, VERSION
 from .errors import InvalidSpec
+from .source import GitRef
 
 # Go-style durations, as Flux and kubectl write them: "1h30m", "45s", "500ms".
 _DURATION_RE = re.compile(r"^(?:(\d+(?:\.\d+)?)(ms|s|m|h))+$")
@@ -20,27 +22,43 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 DEFAULT_INTERVAL = "5m"
 DEFAULT_TIMEOUT = "2m"
+# Bounds on every duration field (the CRD's CEL rules say the same): below a
+# second a sync spins a reconcile loop, past 30 days a timer overflows or a
+# failure is never retried in practice.
+MIN_DURATION_SECONDS = 1.0
+MAX_DURATION_SECONDS = 30 * 24 * 3600.0
 
 
-def parse_duration(text: str, field_name: str) -> float:
-    """Seconds in a Go-style duration; InvalidSpec naming the field otherwise."""
-    if not isinstance(text, str) or not _DURATION_RE.match(text):
-        raise InvalidSpec(f"spec.{field_name}: {text!r} is not a duration like 30s, 5m or 1h")
+def parse_duration_text(text: str) -> float:
+    """Seconds in a well-formed Go-style duration, unbounded; ValueError otherwise."""
+    if not isinstance(text, str) or not _DURATION_RE.match(text) or len(text) > 32:
+        raise ValueError(f"{text!r} is not a duration")
     return sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text))
 
 
-@dataclass(frozen=True)
-class GitRef:
-    branch: str | None = None
-    tag: str | None = None
-    semver: str | None = None
-    commit: str | None = None
+def parse_duration(text: str, field_name: str) -> float:
+    """Seconds in a Go-style duration ("1h30m", "45s", "500ms") between 1s and
+    720h; InvalidSpec naming the field otherwise."""
+    try:
+        seconds = parse_duration_text(text)
+    except ValueError:
+        raise InvalidSpec(
+            f"spec.{field_name}: {text!r} is not a duration like 30s, 5m or 1h"
+        ) from None
+    if not MIN_DURATION_SECONDS <= seconds <= MAX_DURATION_SECONDS:
+        raise InvalidSpec(f"spec.{field_name}: {text!r} must be between 1s and 720h")
+    return seconds
 
 
 @dataclass(frozen=True)
-class ObjectRef:
+class SyncKey:
+    """Identifies one GitRepositorySync."""
+
+    namespace: str
     name: str
-    namespace: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
 
 
 @dataclass(frozen=True)
@@ -59,19 +77,8 @@ class SyncSpec:
     allow_empty: bool = False
     suspend: bool = False
     wait: bool = False
-    depends_on: tuple[ObjectRef, ...] = ()
+    depends_on: tuple[SyncKey, ...] = ()
     post_build: dict[str, Any] | None = None
-
-
-@dataclass(frozen=True)
-class SyncKey:
-    """Identifies one GitRepositorySync."""
-
-    namespace: str
-    name: str
-
-    def __str__(self) -> str:
-        return f"{self.namespace}/{self.name}"
 
 
 def sync_path(key: SyncKey) -> str:
@@ -81,40 +88,162 @@ def sync_path(key: SyncKey) -> str:
 
 @dataclass(frozen=True)
 class InventoryEntry:
-    """`<namespace>_<name>_<group>_<Kind>` plus the version it was applied as."""
+    """`<namespace>_<name>_<group>_<Kind>` (Flux's format) plus the version it was applied as."""
 
     id: str
     v: str
 
 
+def now() -> str:
+    """The current time as the API writes it (RFC 3339, seconds, UTC)."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One entry of status.conditions (metav1.Condition's fields)."""
+
+    type: str
+    status: str  # "True" | "False" | "Unknown"
+    reason: str
+    message: str
+    observed_generation: int = 0
+    last_transition_time: str = ""
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Condition:
+        return cls(
+            type=str(raw.get("type", "")),
+            status=str(raw.get("status", "Unknown")),
+            reason=str(raw.get("reason", "")),
+            message=str(raw.get("message", "")),
+            observed_generation=int(raw.get("observedGeneration") or 0),
+            last_transition_time=str(raw.get("lastTransitionTime", "")),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "status": self.status,
+            "observedGeneration": self.observed_generation,
+            "lastTransitionTime": self.last_transition_time,
+            "reason": self.reason,
+            "message": self.message,
+        }
+
+
 @dataclass(frozen=True)
 class SyncStatus:
+    """status of a GitRepositorySync, read and written through this one model.
+
+    `inventory` is None when the status holds none (a new sync, or a status lost
+    in a backup restore), and () when the sync owns nothing."""
+
     observed_generation: int | None = None
+    conditions: tuple[Condition, ...] = ()
     last_attempted_revision: str | None = None
     last_applied_revision: str | None = None
     last_handled_reconcile_at: str | None = None
     inventory: tuple[InventoryEntry, ...] | None = None
 
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any] | None) -> SyncStatus:
+        raw = raw if isinstance(raw, dict) else {}
+        inv_raw = raw.get("inventory")
+        inventory: tuple[InventoryEntry, ...] | None = None
+        if isinstance(inv_raw, dict):
+            inventory = tuple(
+                InventoryEntry(id=str(e["id"]), v=str(e.get("v", "")))
+                for e in inv_raw.get("entries") or []
+                if isinstance(e, dict) and e.get("id")
+            )
+        generation = raw.get("observedGeneration")
+        return cls(
+            observed_generation=int(generation) if isinstance(generation, int) else None,
+            conditions=tuple(
+                Condition.from_dict(c) for c in raw.get("conditions") or [] if isinstance(c, dict)
+            ),
+            last_attempted_revision=_opt_str(raw.get("lastAttemptedRevision")),
+            last_applied_revision=_opt_str(raw.get("lastAppliedRevision")),
+            last_handled_reconcile_at=_opt_str(raw.get("lastHandledReconcileAt")),
+            inventory=inventory,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The status as the API stores it; absent fields are left out."""
+        out: dict[str, Any] = {}
+        if self.observed_generation is not None:
+            out["observedGeneration"] = self.observed_generation
+        if self.conditions:
+            out["conditions"] = [c.to_dict() for c in self.conditions]
+        for key, value in (
+            ("lastAttemptedRevision", self.last_attempted_revision),
+            ("lastAppliedRevision", self.last_applied_revision),
+            ("lastHandledReconcileAt", self.last_handled_reconcile_at),
+        ):
+            if value is not None:
+                out[key] = value
+        if self.inventory is not None:
+            out["inventory"] = {"entries": [{"id": e.id, "v": e.v} for e in self.inventory]}
+        return out
+
+    def condition(self, type_: str) -> Condition | None:
+        return next((c for c in self.conditions if c.type == type_), None)
+
+    @property
+    def ready(self) -> str | None:
+        """The Ready condition's status ("True", "False", "Unknown"), or None."""
+        c = self.condition(READY)
+        return c.status if c else None
+
+
+@dataclass(frozen=True)
+class SyncMeta:
+    """What a sync's metadata says; parsing it never fails."""
+
+    key: SyncKey
+    uid: str = ""
+    generation: int = 0
+    requested_at: str | None = None  # gitferry.dev/requested-at
+    deleting: bool = False
+    labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
+
 
 @dataclass(frozen=True)
 class Sync:
-    key: SyncKey
-    uid: str
-    generation: int
+    """One GitRepositorySync, parsed once at the edge: metadata, spec, status."""
+
+    meta: SyncMeta
     spec: SyncSpec
     status: SyncStatus
-    requested_at: str | None = None
-    deleting: bool = False
+
+    @property
+    def key(self) -> SyncKey:
+        return self.meta.key
+
+    @property
+    def uid(self) -> str:
+        return self.meta.uid
+
+    @property
+    def generation(self) -> int:
+        return self.meta.generation
+
+    @property
+    def requested_at(self) -> str | None:
+        return self.meta.requested_at
 
 
 def _opt_str(value: Any) -> str | None:
     return value if isinstance(value, str) and value != "" else None
 
 
-def parse_spec(raw: dict[str, Any]) -> SyncSpec:
+def parse_spec(raw: dict[str, Any], namespace: str = "") -> SyncSpec:
     """SyncSpec from the CR's spec; the CRD schema already rejected most bad input,
     this re-checks what a schema cannot say (and what a cluster without our CRD
-    version might let through)."""
+    version might let through). `namespace` is the sync's own: the default for
+    dependsOn entries that name none. Raises InvalidSpec naming the field."""
     url = raw.get("url")
     if not isinstance(url, str) or not url.strip():
         raise InvalidSpec("spec.url: must be a non-empty git URL")
@@ -137,7 +266,7 @@ def parse_spec(raw: dict[str, Any]) -> SyncSpec:
     timeout = parse_duration(raw.get("timeout") or DEFAULT_TIMEOUT, "timeout")
     secret = raw.get("secretRef") or {}
     depends = tuple(
-        ObjectRef(name=d["name"], namespace=_opt_str(d.get("namespace")))
+        SyncKey(namespace=_opt_str(d.get("namespace")) or namespace, name=str(d["name"]))
         for d in raw.get("dependsOn") or []
         if isinstance(d, dict) and d.get("name")
     )
@@ -161,34 +290,29 @@ def parse_spec(raw: dict[str, Any]) -> SyncSpec:
     )
 
 
-def parse_status(raw: dict[str, Any] | None) -> SyncStatus:
-    raw = raw or {}
-    inv_raw = raw.get("inventory")
-    inventory: tuple[InventoryEntry, ...] | None = None
-    if isinstance(inv_raw, dict):
-        inventory = tuple(
-            InventoryEntry(id=e["id"], v=e.get("v", ""))
-            for e in inv_raw.get("entries") or []
-            if isinstance(e, dict) and e.get("id")
-        )
-    return SyncStatus(
-        observed_generation=raw.get("observedGeneration"),
-        last_attempted_revision=raw.get("lastAttemptedRevision"),
-        last_applied_revision=raw.get("lastAppliedRevision"),
-        last_handled_reconcile_at=raw.get("lastHandledReconcileAt"),
-        inventory=inventory,
+def parse_meta(body: dict[str, Any]) -> SyncMeta:
+    """SyncMeta from a whole CR body; never raises."""
+    meta = body.get("metadata") or {}
+    labels = meta.get("labels")
+    labels = labels if isinstance(labels, dict) else {}
+    annotations = meta.get("annotations")
+    annotations = annotations if isinstance(annotations, dict) else {}
+    return SyncMeta(
+        key=SyncKey(namespace=str(meta.get("namespace", "")), name=str(meta.get("name", ""))),
+        uid=str(meta.get("uid", "")),
+        generation=int(meta.get("generation") or 0),
+        requested_at=_opt_str(annotations.get(ANNOTATION_REQUESTED_AT)),
+        deleting=bool(meta.get("deletionTimestamp")),
+        labels={str(k): str(v) for k, v in labels.items()},
+        annotations={str(k): str(v) for k, v in annotations.items()},
     )
 
 
 def parse_sync(body: dict[str, Any]) -> Sync:
-    """A Sync from a whole CR body. Spec errors raise InvalidSpec."""
-    meta = body.get("metadata") or {}
+    """A Sync from a whole CR body. Spec errors raise InvalidSpec naming the field."""
+    meta = parse_meta(body)
     return Sync(
-        key=SyncKey(namespace=meta.get("namespace", ""), name=meta.get("name", "")),
-        uid=meta.get("uid", ""),
-        generation=int(meta.get("generation") or 0),
-        spec=parse_spec(body.get("spec") or {}),
-        status=parse_status(body.get("status")),
-        requested_at=(meta.get("annotations") or {}).get(ANNOTATION_REQUESTED_AT),
-        deleting=bool(meta.get("deletionTimestamp")),
+        meta=meta,
+        spec=parse_spec(body.get("spec") or {}, meta.key.namespace),
+        status=SyncStatus.from_dict(body.get("status")),
     )

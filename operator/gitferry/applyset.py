@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 from . import __version__
 from .constants import GROUP, KIND
-from .refs import ObjRef
+from .kube import ObjRef
 
 LABEL_ID = "applyset.kubernetes.io/id"
 LABEL_PART_OF = "applyset.kubernetes.io/part-of"

@@ -55,3 +55,5 @@ class Reason:
     PRUNE_FAILED = "PruneFailed"
     HEALTH_CHECK_FAILED = "HealthCheckFailed"
     DEPENDENCY_NOT_READY = "DependencyNotReady"
+    # Flux's generic reason: a bug in gitferry, never a stage's failure.
+    RECONCILIATION_FAILED = "ReconciliationFailed"

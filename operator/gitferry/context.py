@@ -7,11 +7,10 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from .api import Sync, SyncKey, parse_status, sync_path
+from .api import Sync, SyncKey, SyncStatus, sync_path
 from .deadline import Deadline
 from .events import EventRecorder
-from .kube import Discovery, Kube, KubeError
-from .refs import ObjRef
+from .kube import Discovery, Kube, KubeError, ObjRef
 from .settings import Settings
 from .source import GitSource
 from .status import StatusWriter
@@ -25,7 +24,6 @@ class Context:
     settings: Settings
     status: StatusWriter
     events: EventRecorder
-    _clients: dict[str | None, Kube] = field(default_factory=dict)
     _last_warning: dict[SyncKey, str] = field(default_factory=dict)
     # What each sync's git held at its last render: decides hand-overs.
     _last_render: dict[SyncKey, frozenset[str]] = field(default_factory=dict)
@@ -38,10 +36,14 @@ class Context:
             return self._sync_locks.setdefault(key, threading.Lock())
 
     def forget(self, key: SyncKey) -> None:
-        """A deleted sync's memory must not judge a new one of the same name."""
+        """A deleted sync's memory must not judge a new one of the same name; its
+        lock goes too, so the map does not grow with every sync ever seen."""
         with self._lock:
             self._last_render.pop(key, None)
             self._last_warning.pop(key, None)
+            lock = self._sync_locks.get(key)
+            if lock is not None and not lock.locked():
+                del self._sync_locks[key]
 
     def remember_render(self, key: SyncKey, ids: set[str]) -> None:
         with self._lock:
@@ -67,7 +69,7 @@ class Context:
             rendered = self._last_render.get(owner)
         if rendered is not None:
             return rendered
-        return frozenset(e.id for e in parse_status(body.get("status")).inventory or ())
+        return frozenset(e.id for e in SyncStatus.from_dict(body.get("status")).inventory or ())
 
     def can_hand_over(self, claimant: SyncKey, ref: ObjRef) -> bool:
         """Hand an object over only to a sync whose last render includes it; when
@@ -80,13 +82,11 @@ class Context:
 
     def client_for(self, sync: Sync) -> Kube:
         """Apply and prune as the sync's ServiceAccount (impersonated), else as the
-        operator's default one, else as the operator itself."""
+        operator's default one, else as the operator itself. One connection pool
+        serves every identity (kube.Kube.as_user)."""
         sa = sync.spec.service_account_name or self.settings.default_service_account
         user = f"system:serviceaccount:{sync.key.namespace}:{sa}" if sa else None
-        with self._lock:
-            if user not in self._clients:
-                self._clients[user] = self.kube.as_user(user)
-            return self._clients[user]
+        return self.kube.as_user(user)
 
     def warn_once(self, key: SyncKey, message: str) -> bool:
         """True the first time a failure message is seen for a sync in a row:

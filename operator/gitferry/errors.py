@@ -1,20 +1,35 @@
-"""Typed failures of the reconcile stages.
+"""Typed failures of the reconcile stages, and the one place that names them.
 
-Each exception carries the condition reason it maps to and whether retrying can
-help (``stalled``): the status stage reads both from here and nowhere else.
+Each `SyncError` carries the condition reason it maps to and whether retrying
+can help (`stalled`); the status stage reads both from here and nowhere else.
+The libraries below the pipeline (`source`, `render`, `kube`) raise plain
+errors; `classify(stage, error)` turns whatever a stage raised into a
+`SyncError`, per stage, so a timeout while fetching reads `GitFetchFailed` and
+never `ApplyFailed`, and an internal error is never reported as a stage failure.
 Messages are for users: they name the file, the object and the API server's
 words, and never a credential or a traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
+from enum import StrEnum
+
 from .constants import Reason
+from .deadline import DeadlineExceeded
+from .kube import ApplyError, KubeError
+from .render import PathError, RenderError
+from .source import AuthError, FetchError, InvalidRef, InvalidURL, RevisionMissing, SourceError
+
+log = logging.getLogger("gitferry.errors")
 
 
 class SyncError(Exception):
     """A reconcile failed for a reason a user can act on."""
 
-    reason: str = Reason.APPLY_FAILED
+    reason: str = Reason.RECONCILIATION_FAILED
     stalled: bool = False
 
     def __init__(self, message: str) -> None:
@@ -62,6 +77,12 @@ class RenderFailed(SyncError):
     stalled = True
 
 
+class RenderTimedOut(SyncError):
+    """Rendering ran out of time: a retry may finish (not Stalled)."""
+
+    reason = Reason.RENDER_FAILED
+
+
 # --- apply / prune --------------------------------------------------------
 class ApplyFailed(SyncError):
     reason = Reason.APPLY_FAILED
@@ -83,7 +104,94 @@ class HealthCheckFailed(SyncError):
     reason = Reason.HEALTH_CHECK_FAILED
 
 
-class DeadlineExceeded(SyncError):
-    """spec.timeout ran out; the stage that was running is named."""
+class InternalError(SyncError):
+    """A bug in gitferry: the log has the traceback, the status only this."""
 
-    reason = Reason.APPLY_FAILED
+    reason = Reason.RECONCILIATION_FAILED
+
+
+class Stage(StrEnum):
+    """The stages of one reconcile, in order (README "How one sync runs")."""
+
+    SPEC = "spec"
+    FETCH = "fetch"
+    RENDER = "render"
+    OWNERSHIP = "ownership"
+    APPLY = "apply"
+    PRUNE = "prune"
+    STATUS = "status"
+
+
+# What a timeout or an API error means in each stage. Ownership reads live
+# objects before apply writes them: a failure there is an apply failure.
+_STAGE_ERROR: dict[Stage, type[SyncError]] = {
+    Stage.SPEC: InvalidSpec,
+    Stage.FETCH: GitFetchFailed,
+    Stage.RENDER: RenderTimedOut,
+    Stage.OWNERSHIP: ApplyFailed,
+    Stage.APPLY: ApplyFailed,
+    Stage.PRUNE: PruneFailed,
+    Stage.STATUS: SyncError,
+}
+
+# Library errors whose kind, not the stage, decides the reason.
+_LIBRARY_ERROR: tuple[tuple[type[Exception], type[SyncError]], ...] = (
+    (InvalidURL, URLInvalid),
+    (InvalidRef, InvalidSpec),
+    (AuthError, AuthenticationFailed),
+    (RevisionMissing, RevisionNotFound),
+    (FetchError, GitFetchFailed),
+    (SourceError, GitFetchFailed),
+    (PathError, PathNotFound),
+    (RenderError, RenderFailed),
+    (ApplyError, ApplyFailed),
+)
+
+
+def classify(stage: Stage, error: BaseException, timeout: float | None = None) -> SyncError:
+    """The SyncError for `error` raised while `stage` ran.
+
+    - a SyncError is kept as it is;
+    - a library error maps by its kind (`_LIBRARY_ERROR`);
+    - `DeadlineExceeded` and `KubeError` map to the stage's own failure
+      (`_STAGE_ERROR`): "timed out after 2m0s during fetch (git fetch …)";
+    - anything else is an `InternalError` naming the stage (a bug).
+
+    `timeout` is spec.timeout in seconds, for the message."""
+    if isinstance(error, SyncError):
+        return error
+    for library_type, sync_type in _LIBRARY_ERROR:
+        if isinstance(error, library_type):
+            return sync_type(str(error))
+    stage_type = _STAGE_ERROR[stage]
+    if isinstance(error, DeadlineExceeded):
+        after = f" after {format_seconds(timeout)}" if timeout else ""
+        return stage_type(f"spec.timeout: timed out{after} during {error.what}")
+    if isinstance(error, KubeError):
+        return stage_type(f"{stage.value}: {error.message}")
+    return InternalError(f"internal error during {stage.value}: {type(error).__name__}: {error}")
+
+
+def format_seconds(seconds: float) -> str:
+    """Go-style duration text: 90.0 -> "1m30s", 0.25 -> "250ms"."""
+    if seconds < 1:
+        return f"{round(seconds * 1000)}ms"
+    total = round(seconds)
+    h, rest = divmod(total, 3600)
+    m, s = divmod(rest, 60)
+    return (f"{h}h" if h else "") + (f"{m}m" if m or h else "") + f"{s}s"
+
+
+@contextlib.contextmanager
+def in_stage(stage: Stage, timeout: float | None = None) -> Iterator[None]:
+    """Run a block as `stage`: whatever it raises leaves as a SyncError
+    (`classify`). An internal error's traceback goes to the log, never to status."""
+    try:
+        yield
+    except Exception as e:
+        error = classify(stage, e, timeout)
+        if isinstance(error, InternalError):
+            log.exception("stage=%s error=internal", stage.value)
+        if error is e:
+            raise
+        raise error from e

@@ -4,46 +4,41 @@ from __future__ import annotations
 
 import logging
 import secrets
-from dataclasses import dataclass
 
-from .api import SyncKey
+from .api import SyncKey, now
 from .constants import API_VERSION, KIND
 from .kube import Kube, KubeError
-from .status import now
 
 log = logging.getLogger("gitferry.events")
 
 NORMAL = "Normal"
 WARNING = "Warning"
-MAX_MESSAGE = 1024
-
-
-@dataclass(frozen=True)
-class SyncRef:
-    key: SyncKey
-    uid: str
+MAX_MESSAGE = 1024  # characters
 
 
 class EventRecorder:
+    """Posts core/v1 Events about GitRepositorySyncs as `gitferry`."""
+
     def __init__(self, kube: Kube) -> None:
         self.kube = kube
 
-    def post(self, sync: SyncRef, type_: str, reason: str, message: str) -> None:
-        """Post one Event; a failure to post is logged, never fails the reconcile."""
+    def post(self, key: SyncKey, uid: str, type_: str, reason: str, message: str) -> None:
+        """Post one Event about sync `key` (its `uid`); a failure to post is logged,
+        never fails the reconcile."""
         at = now()
         event = {
             "apiVersion": "v1",
             "kind": "Event",
             "metadata": {
-                "name": f"{sync.key.name}.{secrets.token_hex(8)}",
-                "namespace": sync.key.namespace,
+                "name": f"{key.name}.{secrets.token_hex(8)}",
+                "namespace": key.namespace,
             },
             "involvedObject": {
                 "apiVersion": API_VERSION,
                 "kind": KIND,
-                "name": sync.key.name,
-                "namespace": sync.key.namespace,
-                "uid": sync.uid,
+                "name": key.name,
+                "namespace": key.namespace,
+                "uid": uid,
             },
             "type": type_,
             "reason": reason,
@@ -56,8 +51,6 @@ class EventRecorder:
             "count": 1,
         }
         try:
-            self.kube.request("POST", f"/api/v1/namespaces/{sync.key.namespace}/events", body=event)
+            self.kube.request("POST", f"/api/v1/namespaces/{key.namespace}/events", body=event)
         except KubeError as e:
-            log.warning(
-                "sync=%s action=event-failed reason=%s error=%s", sync.key, reason, e.message
-            )
+            log.warning("sync=%s action=event-failed reason=%s error=%s", key, reason, e.message)

@@ -7,11 +7,11 @@ import logging
 from typing import Any
 
 from . import inventory
-from .api import SyncKey, parse_status, parse_sync, sync_path
+from .api import SyncKey, SyncStatus, parse_sync, sync_path
 from .context import Context
 from .deadline import Deadline
 from .errors import SyncError
-from .events import WARNING, SyncRef
+from .events import WARNING
 from .kube import KubeError
 from .prune import Pruner, find_owned
 from .uninstall import CRD_PATH
@@ -31,7 +31,7 @@ def finalize(ctx: Context, key: SyncKey, body: dict[str, Any]) -> None:
             if not e.not_found:
                 raise  # Kopf retries the handler
         _finalize(ctx, key, body)
-        ctx.forget(key)
+    ctx.forget(key)
 
 
 def _finalize(ctx: Context, key: SyncKey, body: dict[str, Any]) -> None:
@@ -45,12 +45,12 @@ def _finalize(ctx: Context, key: SyncKey, body: dict[str, Any]) -> None:
             ctx.kube,
         )
     deadline = Deadline.after(timeout)
-    sync_ref = SyncRef(key, (body.get("metadata") or {}).get("uid", ""))
+    uid = str((body.get("metadata") or {}).get("uid", ""))
     why = _uninstalling(ctx, key, deadline)
     if why:
         log.info("sync=%s action=delete orphaned=true why=%s", key, why)
         return
-    entries = parse_status(body.get("status")).inventory
+    entries = SyncStatus.from_dict(body.get("status")).inventory
     if entries is None:
         entries = tuple(find_owned(ctx.kube, ctx.discovery, key, deadline))
     pruner = Pruner(client, ctx.discovery, key, ctx.can_hand_over)
@@ -59,11 +59,11 @@ def _finalize(ctx: Context, key: SyncKey, body: dict[str, Any]) -> None:
     left = pruner.wait_gone(result.deleted, deadline) if prune else []
     for ref, reason in result.kept:
         ctx.events.post(
-            sync_ref, WARNING, "PruneSkipped", f"{ref} was not deleted with the sync: {reason}"
+            key, uid, WARNING, "PruneSkipped", f"{ref} was not deleted with the sync: {reason}"
         )
     problems = [msg for _, msg in result.failed] + [f"{r} still exists" for r in left]
     if problems:
-        ctx.events.post(sync_ref, WARNING, "PruneFailed",
+        ctx.events.post(key, uid, WARNING, "PruneFailed",
                         "the sync is released, but: " + "; ".join(problems))  # fmt: skip
     log.info("sync=%s action=delete prune=%s deleted=%d kept=%d failed=%d", key, prune,
              len(result.deleted), len(result.kept), len(problems))  # fmt: skip

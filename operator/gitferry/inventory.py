@@ -11,8 +11,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from .api import InventoryEntry
-from .kinds import apply_rank
-from .refs import ObjRef
+from .kube import ObjRef
+from .kube.kinds import apply_rank
 
 
 def entry(obj: dict[str, Any]) -> InventoryEntry:
@@ -41,7 +41,3 @@ def stale(old: Iterable[InventoryEntry], new: Iterable[InventoryEntry]) -> list[
         return (1 if cluster_scoped_container else 0, -apply_rank(ref.kind), e.id)
 
     return sorted(gone, key=order)
-
-
-def to_status(entries: Iterable[InventoryEntry]) -> dict[str, Any]:
-    return {"entries": [{"id": e.id, "v": e.v} for e in entries]}

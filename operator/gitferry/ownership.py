@@ -20,7 +20,7 @@ from typing import Any
 
 from .api import SyncKey
 from .constants import ANNOTATION_ADOPTED, ANNOTATION_CLAIM, LABEL_SYNC_NAME, LABEL_SYNC_NAMESPACE
-from .refs import ObjRef
+from .kube import ObjRef
 
 
 class Decision(StrEnum):

@@ -28,9 +28,8 @@ from .constants import (
     LABEL_SYNC_NAMESPACE,
 )
 from .deadline import Deadline
-from .kube import MERGE_PATCH, Discovery, Kube, KubeError, Resource
+from .kube import MERGE_PATCH, Discovery, Kube, KubeError, ObjRef, Resource
 from .ownership import claim_of, controller_owner, is_adopted, owner_of
-from .refs import ObjRef
 
 log = logging.getLogger("gitferry.prune")
 

@@ -19,14 +19,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import applyset, inventory, status
-from .api import InventoryEntry, Sync, SyncKey, parse_status, parse_sync, sync_path
-from .apply import Action, Change, ChangeSet, Engine, Item, Options
+from .api import (
+    Condition,
+    InventoryEntry,
+    Sync,
+    SyncKey,
+    SyncMeta,
+    SyncStatus,
+    parse_meta,
+    parse_sync,
+    sync_path,
+)
 from .constants import (
     ANNOTATION_ADOPTED,
     ANNOTATION_CLAIM,
     ANNOTATION_FORCE,
     ANNOTATION_RECONCILE,
-    ANNOTATION_REQUESTED_AT,
     CLAIM_FIELD_MANAGER,
     DISABLED,
     ENABLED,
@@ -38,17 +46,30 @@ from .context import Context
 from .deadline import Deadline
 from .errors import (
     AuthenticationFailed,
+    InternalError,
     InvalidSpec,
     OwnershipConflict,
     PruneFailed,
     PruneRefused,
+    Stage,
     SyncError,
+    in_stage,
 )
-from .events import NORMAL, WARNING, SyncRef
-from .kube import MERGE_PATCH, Kube, KubeError
+from .events import NORMAL, WARNING
+from .kube import (
+    MERGE_PATCH,
+    Action,
+    Change,
+    ChangeSet,
+    Engine,
+    Item,
+    Kube,
+    KubeError,
+    ObjRef,
+    Options,
+)
 from .ownership import Decision, Verdict, claim_value, decide
 from .prune import Pruner, PruneResult, find_owned
-from .refs import ObjRef
 from .render import Manifest, assign_namespaces, render
 from .source import Checkout, GitCredentials
 
@@ -66,44 +87,37 @@ def _jitter(seconds: float, fraction: float) -> float:
     return seconds * (1 + random.uniform(0, fraction))
 
 
-def _key_of(body: dict[str, Any]) -> SyncKey:
-    meta = body.get("metadata") or {}
-    return SyncKey(meta.get("namespace", ""), meta.get("name", ""))
-
-
 class Run:
-    """The state of one reconcile: the sync, the status as last written."""
+    """The state of one reconcile: the sync's metadata, the status as last
+    written, and the parsed sync once its spec parsed."""
 
-    def __init__(self, ctx: Context, body: dict[str, Any]) -> None:
+    def __init__(self, ctx: Context, meta: SyncMeta, status_: SyncStatus) -> None:
         self.ctx = ctx
-        self.key = _key_of(body)
-        meta = body.get("metadata") or {}
-        self.uid = meta.get("uid", "")
-        self.generation = int(meta.get("generation") or 0)
-        self.status: dict[str, Any] = dict(body.get("status") or {})
-        self.requested_at = (meta.get("annotations") or {}).get(ANNOTATION_REQUESTED_AT)
-        self.meta = {
-            "labels": dict(meta.get("labels") or {}),
-            "annotations": dict(meta.get("annotations") or {}),
-        }
+        self.meta = meta
+        self.key = meta.key
+        self.status = status_
+        # The ApplySet parent's labels and annotations as the sync carries them now.
+        self.parent = {"labels": dict(meta.labels), "annotations": dict(meta.annotations)}
         self.started = time.monotonic()
         self.wake: list[SyncKey] = []
         # Fields every later status write carries (lastAttemptedRevision once fetched).
         self.fields: dict[str, Any] = {}
 
     def write(
-        self, conditions: list[status.Condition], deadline: Deadline | None = None, **fields: Any
+        self, conditions: list[Condition], deadline: Deadline | None = None, **fields: Any
     ) -> None:
+        """Write the status with `conditions` and SyncStatus `fields`; a no-op when
+        nothing changed. Raises KubeError."""
         fields = {**self.fields, **fields}
-        if self.requested_at:
-            fields.setdefault("lastHandledReconcileAt", self.requested_at)
-        new = status.with_conditions(self.status, conditions, self.generation, **fields)
+        if self.meta.requested_at:
+            fields.setdefault("last_handled_reconcile_at", self.meta.requested_at)
+        new = status.with_conditions(self.status, conditions, self.meta.generation, **fields)
         self.status = self.ctx.status.write(self.key, self.status, new, deadline)
 
     def set_parent(self, metadata: dict[str, dict[str, str]], deadline: Deadline) -> None:
         """Write the ApplySet parent labels/annotations on the sync when they differ."""
         if all(
-            self.meta.get(k, {}).get(kk) == vv
+            self.parent.get(k, {}).get(kk) == vv
             for k, kv in metadata.items()
             for kk, vv in kv.items()
         ):
@@ -111,10 +125,10 @@ class Run:
         self.ctx.kube.request("PATCH", sync_path(self.key), deadline=deadline,
                               body={"metadata": metadata}, content_type=MERGE_PATCH)  # fmt: skip
         for k, kv in metadata.items():
-            self.meta.setdefault(k, {}).update(kv)
+            self.parent.setdefault(k, {}).update(kv)
 
     def event(self, type_: str, reason: str, message: str) -> None:
-        self.ctx.events.post(SyncRef(self.key, self.uid), type_, reason, message)
+        self.ctx.events.post(self.key, self.meta.uid, type_, reason, message)
 
     def ms(self) -> int:
         return int((time.monotonic() - self.started) * 1000)
@@ -136,24 +150,23 @@ def _reconcile(ctx: Context, key: SyncKey) -> Result:
         return Result(False, 10.0)
     if body is None:
         return Result(True, 3600.0)  # gone, or being deleted: the finalizer handles it
-    run = Run(ctx, body)
+    run = Run(ctx, parse_meta(body), SyncStatus.from_dict(body.get("status")))
     retry = 300.0
     try:
-        sync = parse_sync(body)
+        with in_stage(Stage.SPEC):
+            sync = parse_sync(body)
         retry = sync.spec.retry_interval
         if sync.spec.suspend:
-            run.write(status.suspended())
+            with in_stage(Stage.STATUS):
+                run.write(status.suspended())
             return Result(True, _jitter(sync.spec.interval, ctx.settings.interval_jitter))
         summary = _pipeline(run, sync)
     except SyncError as e:
         _fail(run, e)
         return Result(False, _jitter(retry, ctx.settings.interval_jitter), tuple(run.wake))
-    except KubeError as e:  # a write of gitferry's own (status, ApplySet parent) failed
-        _fail(run, SyncError(f"the API server refused gitferry's own update: {e.message}"))
-        return Result(False, _jitter(retry, ctx.settings.interval_jitter))
-    except Exception as e:  # a bug: the log gets the traceback, the status never does
+    except Exception as e:  # a bug outside any stage: the log gets the traceback
         log.exception("sync=%s action=reconcile error=internal", run.key)
-        _fail(run, SyncError(f"internal error: {type(e).__name__}: {e}"))
+        _fail(run, InternalError(f"internal error: {type(e).__name__}: {e}"))
         return Result(False, _jitter(retry, ctx.settings.interval_jitter))
     ctx.clear_warning(run.key)
     log.info("sync=%s action=reconcile result=ok %s duration_ms=%d", run.key, summary, run.ms())
@@ -170,7 +183,7 @@ def _fail(run: Run, error: SyncError) -> None:
     )
     try:
         run.write(status.failed(error))
-    except KubeError as e:
+    except (KubeError, SyncError) as e:
         log.warning("sync=%s action=status-failed error=%s", run.key, e.message)
     if run.ctx.warn_once(run.key, error.message):
         run.event(WARNING, error.reason, error.message)
@@ -199,7 +212,7 @@ def _credentials(ctx: Context, sync: Sync, deadline: Deadline) -> GitCredentials
     path = f"/api/v1/namespaces/{sync.key.namespace}/secrets/{sync.spec.secret_ref}"
     try:
         secret = ctx.kube.request("GET", path, deadline=deadline)
-    except KubeError as e:
+    except KubeError as e:  # the Secret's problem, whatever the API said: not git's
         raise AuthenticationFailed(
             f"spec.secretRef: Secret {sync.key.namespace}/{sync.spec.secret_ref}: {e.message}"
         ) from None
@@ -237,38 +250,50 @@ def _mark_adopted(item: Item) -> None:
 
 
 def _pipeline(run: Run, sync: Sync) -> str:
-    """fetch → render → ownership → apply → prune → status; returns a log summary."""
-    deadline = Deadline.after(sync.spec.timeout)
-    _check_supported(sync)
-    checkout = _fetch(run, sync, deadline)
-    manifests = _render(run, sync, checkout, deadline)
-    old = _old_inventory(run, sync, manifests, checkout.revision, deadline)
-    plan = _own(run, sync, manifests, deadline)
-    changes = _apply(run, sync, plan, old, checkout.revision, deadline)
-    pruned, final = _prune(run, sync, plan, old, changes, checkout.revision, deadline)
-    return _finish(run, plan, pruned, final, changes, checkout.revision, deadline)
+    """fetch → render → ownership → apply → prune → status; returns a log summary.
+
+    Each stage runs `in_stage`: what it raises becomes that stage's condition."""
+    timeout = sync.spec.timeout
+    deadline = Deadline.after(timeout)
+    with in_stage(Stage.SPEC):
+        _check_supported(sync)
+    with in_stage(Stage.STATUS, timeout):
+        spec_changed = sync.generation != run.status.observed_generation
+        if spec_changed:
+            # kubectl wait right after a spec change must never see the old Ready.
+            run.write(status.progressing(f"reconciling generation {sync.generation}"), deadline)
+    with in_stage(Stage.FETCH, timeout):
+        checkout = _fetch(run, sync, spec_changed, deadline)
+    with in_stage(Stage.RENDER, timeout):
+        manifests = _render(run, sync, checkout, deadline)
+    with in_stage(Stage.PRUNE, timeout):  # reading what the sync owned is prune's business
+        old = _old_inventory(run, sync, manifests, checkout.revision, deadline)
+    with in_stage(Stage.OWNERSHIP, timeout):
+        plan = _own(run, sync, manifests, deadline)
+    with in_stage(Stage.APPLY, timeout):
+        changes = _apply(run, sync, plan, old, checkout.revision, deadline)
+    with in_stage(Stage.PRUNE, timeout):
+        pruned, final = _prune(run, sync, plan, old, changes, checkout.revision, deadline)
+    with in_stage(Stage.STATUS, timeout):
+        return _finish(run, plan, pruned, final, changes, checkout.revision, deadline)
 
 
-def _fetch(run: Run, sync: Sync, deadline: Deadline) -> Checkout:
-    previous = parse_status(run.status)
-    spec_changed = sync.generation != previous.observed_generation
-    if spec_changed:
-        # kubectl wait right after a spec change must never see the old Ready.
-        run.write(status.progressing(f"reconciling generation {sync.generation}"), deadline)
+def _fetch(run: Run, sync: Sync, spec_changed: bool, deadline: Deadline) -> Checkout:
+    previous = run.status
     # The shared cache answers "what is the branch at?" for up to an interval. A new
     # spec, a user's request to reconcile now, or a retry after a failure (a commit
     # pushed before a Secret was fixed) asks the remote afresh.
     asked = (
         sync.requested_at is not None and sync.requested_at != previous.last_handled_reconcile_at
     )
-    failing = status.ready_status(run.status) != "True"
+    failing = run.status.ready != "True"
     max_age = 0.0 if spec_changed or asked or failing else sync.spec.interval
     creds = _credentials(run.ctx, sync, deadline)
     checkout = run.ctx.source.fetch(sync.spec.url, sync.spec.ref, creds, deadline, max_age=max_age)
     log.info(
         "sync=%s revision=%s action=fetch duration_ms=%d", sync.key, checkout.revision, run.ms()
     )
-    run.fields["lastAttemptedRevision"] = checkout.revision
+    run.fields["last_attempted_revision"] = checkout.revision
     return checkout
 
 
@@ -287,7 +312,7 @@ def _render(run: Run, sync: Sync, checkout: Checkout, deadline: Deadline) -> lis
 def _old_inventory(
     run: Run, sync: Sync, manifests: list[Manifest], revision: str, deadline: Deadline
 ) -> tuple[InventoryEntry, ...]:
-    old = parse_status(run.status).inventory
+    old = run.status.inventory
     if old is None:  # a new sync, or a status lost in a restore: the labels tell
         old = tuple(find_owned(run.ctx.kube, run.ctx.discovery, sync.key, deadline))
     if not manifests and old and not sync.spec.allow_empty:
@@ -353,16 +378,12 @@ def _apply(
     run.set_parent(
         applyset.parent_metadata(sync.key.name, sync.key.namespace, _refs(grown)), deadline
     )
-    if revision != run.status.get("lastAppliedRevision") or grown != (
-        parse_status(run.status).inventory or ()
-    ):
+    if revision != run.status.last_applied_revision or grown != (run.status.inventory or ()):
         run.write(
             # After a failure, kstatus readers see that this is a retry.
-            status.progressing(
-                f"applying {revision}", retrying=status.ready_status(run.status) == "False"
-            ),
+            status.progressing(f"applying {revision}", retrying=run.status.ready == "False"),
             deadline,
-            inventory=inventory.to_status(grown),
+            inventory=grown,
         )
     changes = plan.engine.apply(plan.items, deadline, plan.live)
     for it in plan.items:
@@ -422,15 +443,15 @@ def _finish(
     elif pruned.failed:
         error = PruneFailed("could not delete: " + "; ".join(msg for _, msg in pruned.failed))
     if error is not None:
-        run.write(status.failed(error), deadline, inventory=inventory.to_status(final))
+        run.write(status.failed(error), deadline, inventory=final)
         if changes.changed:
             run.event(NORMAL, "Progressing", f"{revision}: {changes.summary()}")
         raise error
     run.write(
         status.succeeded(f"Applied revision: {revision}"),
         deadline,
-        inventory=inventory.to_status(final),
-        lastAppliedRevision=revision,
+        inventory=final,
+        last_applied_revision=revision,
     )
     if changes.changed:
         run.event(NORMAL, "ReconciliationSucceeded", f"{revision}: {changes.summary()}")

@@ -26,12 +26,14 @@ log = logging.getLogger("gitferry.runtime")
 @dataclass
 class Runtime:
     context: Context
-    scheduler: Scheduler
+    scheduler: Scheduler[SyncKey]
 
     @classmethod
     def start(cls, settings: Settings | None = None) -> Runtime:
         settings = settings or Settings.from_env()
-        kube = Kube(load_configuration())
+        # One pool for every identity, as large as the threads that call at once.
+        pool = settings.max_concurrent_reconciles * (settings.apply_concurrency + 1) + 4
+        kube = Kube(load_configuration(pool_size=pool))
         discovery = Discovery(kube)
         discovery.refresh()
         source = GitSource(
@@ -52,7 +54,9 @@ class Runtime:
             status=StatusWriter(kube),
             events=EventRecorder(kube),
         )
-        scheduler = Scheduler(functools.partial(reconcile, ctx), settings.max_concurrent_reconciles)
+        scheduler: Scheduler[SyncKey] = Scheduler(
+            functools.partial(reconcile, ctx), settings.max_concurrent_reconciles
+        )
         log.info(
             "action=start cache_dir=%s allow_file_urls=%s",
             settings.cache_dir,

@@ -11,26 +11,42 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
-
-from .api import SyncKey
-from .reconcile import Result
+from typing import Generic, Protocol, TypeVar
 
 log = logging.getLogger("gitferry.scheduler")
 
-Reconciler = Callable[[SyncKey], Result]
+K = TypeVar("K", bound=Hashable)
+K_co = TypeVar("K_co", covariant=True)
 
 
-class Scheduler:
-    def __init__(self, reconciler: Reconciler, max_concurrent: int) -> None:
+class Outcome(Protocol[K_co]):
+    """What one reconcile tells the scheduler (reconcile.Result has this shape)."""
+
+    @property
+    def next_in(self) -> float:
+        """Seconds until the next periodic reconcile."""
+
+    @property
+    def wake(self) -> tuple[K_co, ...]:
+        """Other keys to reconcile now (e.g. a sync an object was handed over to)."""
+
+
+class Scheduler(Generic[K]):
+    """Runs `reconciler(key)` on a bounded thread pool, one worker per key.
+
+    Knows nothing of syncs: keys are any hashable value, the reconciler any
+    callable returning an `Outcome`."""
+
+    def __init__(self, reconciler: Callable[[K], Outcome[K]], max_concurrent: int) -> None:
         self._reconcile = reconciler
         self._executor = ThreadPoolExecutor(
             max_workers=max_concurrent, thread_name_prefix="reconcile"
         )
-        self._wake: dict[SyncKey, asyncio.Event] = {}
+        self._wake: dict[K, asyncio.Event] = {}
 
-    def request(self, key: SyncKey, why: str) -> None:
+    def request(self, key: K, why: str) -> None:
         """Ask for a reconcile of `key` as soon as its worker is free. A sync with no
         worker (not watched here, or gone) has nothing to wake."""
         log.debug("sync=%s action=request why=%s", key, why)
@@ -38,7 +54,7 @@ class Scheduler:
         if wake is not None:
             wake.set()
 
-    async def run(self, key: SyncKey, stopped: asyncio.Event) -> None:
+    async def run(self, key: K, stopped: asyncio.Event) -> None:
         """The worker of one sync: runs until `stopped` is set."""
         wake = self._wake[key] = asyncio.Event()
         wake.set()  # reconcile at once when the worker starts

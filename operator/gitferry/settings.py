@@ -7,7 +7,9 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .limits import Limits, MiB
+from .render import Limits
+
+MiB = 1 << 20
 
 
 def _bool(name: str, default: bool) -> bool:
@@ -17,14 +19,34 @@ def _bool(name: str, default: bool) -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
-def _float(name: str, default: float) -> float:
-    value = os.environ.get(name)
-    return float(value) if value else default
+class SettingsError(ValueError):
+    """An operator setting is malformed or out of range; the message names the variable."""
 
 
-def _int(name: str, default: int) -> int:
+def _float(name: str, default: float, minimum: float = 0.0) -> float:
     value = os.environ.get(name)
-    return int(value) if value else default
+    if not value:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise SettingsError(f"{name}={value!r}: not a number") from None
+    if not number >= minimum or number == float("inf"):
+        raise SettingsError(f"{name}={value!r}: must be a finite number >= {minimum:g}")
+    return number
+
+
+def _int(name: str, default: int, minimum: int = 1) -> int:
+    value = os.environ.get(name)
+    if not value:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise SettingsError(f"{name}={value!r}: not an integer") from None
+    if number < minimum:
+        raise SettingsError(f"{name}={value!r}: must be at least {minimum}")
+    return number
 
 
 @dataclass(frozen=True)
@@ -51,6 +73,7 @@ class Settings:
 
     @classmethod
     def from_env(cls) -> Settings:
+        """Settings from GITFERRY_* variables; SettingsError names a bad one."""
         cache = os.environ.get("GITFERRY_CACHE_DIR") or str(
             Path(tempfile.gettempdir()) / "gitferry-cache"
         )
@@ -60,7 +83,7 @@ class Settings:
             default_service_account=os.environ.get("GITFERRY_DEFAULT_SERVICE_ACCOUNT") or None,
             max_concurrent_reconciles=_int("GITFERRY_MAX_CONCURRENT_RECONCILES", 4),
             apply_concurrency=_int("GITFERRY_APPLY_CONCURRENCY", 8),
-            interval_jitter=_float("GITFERRY_INTERVAL_JITTER", 0.05),
+            interval_jitter=_float("GITFERRY_INTERVAL_JITTER", 0.05, 0.0),
             crash_before_prune=_bool("GITFERRY_TEST_CRASH_BEFORE_PRUNE", False),
             limits=Limits(
                 max_file_bytes=_int("GITFERRY_MAX_FILE_BYTES", Limits.max_file_bytes),
@@ -68,7 +91,7 @@ class Settings:
                 max_objects=_int("GITFERRY_MAX_OBJECTS", Limits.max_objects),
                 max_depth=_int("GITFERRY_MAX_DEPTH", Limits.max_depth),
             ),
-            fetch_timeout=_float("GITFERRY_FETCH_TIMEOUT", 60.0),
+            fetch_timeout=_float("GITFERRY_FETCH_TIMEOUT", 60.0, 1.0),
             max_repo_bytes=_int("GITFERRY_MAX_REPO_BYTES", 500 * MiB),
             max_cache_bytes=_int("GITFERRY_MAX_CACHE_BYTES", 2048 * MiB),
             max_concurrent_fetches=_int("GITFERRY_MAX_CONCURRENT_FETCHES", 4),

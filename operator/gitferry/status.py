@@ -1,88 +1,71 @@
 """The status stage: conditions (kstatus-compatible) and the status patch.
 
-Pure functions build the new status from the old one; `StatusWriter` sends it
-only when it differs, so a reconcile that changes nothing writes nothing.
+Pure functions build the new `SyncStatus` from the old one; `StatusWriter`
+sends it only when it differs, so a reconcile that changes nothing writes
+nothing. kstatus's rules: Ready always present; Reconciling and Stalled only
+while True; lastTransitionTime moves only when a condition's status flips.
 """
 
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass
-from datetime import UTC, datetime
+import dataclasses
 from typing import Any
 
-from .api import SyncKey, sync_path
+from .api import Condition, SyncKey, SyncStatus, now, sync_path
 from .constants import READY, RECONCILING, STALLED, Reason
 from .deadline import Deadline
 from .errors import SyncError
 from .kube import MERGE_PATCH, Kube
 
-MAX_MESSAGE = 4000  # a condition message stays readable in `kubectl describe`
-
-
-@dataclass(frozen=True)
-class Condition:
-    type: str
-    status: str  # "True" | "False" | "Unknown"
-    reason: str
-    message: str
-
-
-def now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+MAX_MESSAGE = 4000  # characters: a condition message stays readable in `kubectl describe`
 
 
 def _trim(message: str) -> str:
     return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 1] + "…"
 
 
+def condition(type_: str, status: str, reason: str, message: str) -> Condition:
+    return Condition(type=type_, status=status, reason=reason, message=message)
+
+
 def merge_conditions(
-    old: list[dict[str, Any]], new: list[Condition], generation: int, at: str
-) -> list[dict[str, Any]]:
+    old: tuple[Condition, ...], new: list[Condition], generation: int, at: str
+) -> tuple[Condition, ...]:
     """The new condition list; Reconciling and Stalled appear only while True
     (kstatus), and lastTransitionTime moves only when a status flips."""
-    by_type = {c.get("type"): c for c in old or []}
-    out: list[dict[str, Any]] = []
+    by_type = {c.type: c for c in old}
+    out: list[Condition] = []
     for c in new:
         if c.type in (RECONCILING, STALLED) and c.status != "True":
             continue
         prev = by_type.get(c.type)
-        changed = prev is None or prev.get("status") != c.status
+        flipped = prev is None or prev.status != c.status
         out.append(
-            {
-                "type": c.type,
-                "status": c.status,
-                "observedGeneration": generation,
-                "lastTransitionTime": at if changed else prev.get("lastTransitionTime", at),  # type: ignore[union-attr]
-                "reason": c.reason,
-                "message": _trim(c.message),
-            }
+            dataclasses.replace(
+                c,
+                message=_trim(c.message),
+                observed_generation=generation,
+                last_transition_time=at if flipped or prev is None else prev.last_transition_time,
+            )
         )
-    return out
-
-
-def ready_status(status: dict[str, Any]) -> str | None:
-    for c in (status or {}).get("conditions") or []:
-        if c.get("type") == READY:
-            return str(c.get("status"))
-    return None
+    return tuple(out)
 
 
 def progressing(message: str, retrying: bool = False) -> list[Condition]:
     reason = Reason.PROGRESSING_WITH_RETRY if retrying else Reason.PROGRESSING
     return [
-        Condition(READY, "Unknown", Reason.PROGRESSING, message),
-        Condition(RECONCILING, "True", reason, message),
+        condition(READY, "Unknown", Reason.PROGRESSING, message),
+        condition(RECONCILING, "True", reason, message),
     ]
 
 
 def succeeded(message: str) -> list[Condition]:
-    return [Condition(READY, "True", Reason.SUCCEEDED, message)]
+    return [condition(READY, "True", Reason.SUCCEEDED, message)]
 
 
 def suspended() -> list[Condition]:
     return [
-        Condition(
+        condition(
             READY,
             "False",
             Reason.SUSPENDED,
@@ -92,61 +75,67 @@ def suspended() -> list[Condition]:
 
 
 def failed(error: SyncError) -> list[Condition]:
-    conds = [Condition(READY, "False", error.reason, error.message)]
+    conds = [condition(READY, "False", error.reason, error.message)]
     if error.stalled:
-        conds.append(Condition(STALLED, "True", error.reason, error.message))
+        conds.append(condition(STALLED, "True", error.reason, error.message))
     return conds
 
 
 def with_conditions(
-    status: dict[str, Any], conditions: list[Condition], generation: int, **fields: Any
-) -> dict[str, Any]:
-    """A copy of `status` with new conditions and fields (None removes a field)."""
-    out = copy.deepcopy(status or {})
-    out["conditions"] = merge_conditions(out.get("conditions") or [], conditions, generation, now())
-    out["observedGeneration"] = generation
-    for k, v in fields.items():
-        if v is None:
-            out.pop(k, None)
-        else:
-            out[k] = v
-    return out
+    status: SyncStatus, conditions: list[Condition], generation: int, **changes: Any
+) -> SyncStatus:
+    """A copy of `status` with new conditions, observedGeneration and the given
+    SyncStatus fields (`last_applied_revision=…`, `inventory=…`)."""
+    return dataclasses.replace(
+        status,
+        conditions=merge_conditions(status.conditions, conditions, generation, now()),
+        observed_generation=generation,
+        **changes,
+    )
 
 
-def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+def same(a: SyncStatus, b: SyncStatus) -> bool:
     """Equal but for transition times, which only move when a status flips."""
 
-    def strip(s: dict[str, Any]) -> dict[str, Any]:
-        s = copy.deepcopy(s)
-        for c in s.get("conditions") or []:
-            c.pop("lastTransitionTime", None)
-        return s
+    def strip(s: SyncStatus) -> SyncStatus:
+        return dataclasses.replace(
+            s,
+            conditions=tuple(dataclasses.replace(c, last_transition_time="") for c in s.conditions),
+        )
 
     return strip(a) == strip(b)
 
 
+def merge_patch(old: SyncStatus, new: SyncStatus) -> dict[str, Any]:
+    """A JSON merge patch (RFC 7386) turning `old` into `new`: fields `new` lacks are null."""
+    body = new.to_dict()
+    for key in old.to_dict():
+        body.setdefault(key, None)
+    return {"status": body}
+
+
 class StatusWriter:
+    """Writes a sync's status subresource, and only when it changed."""
+
     def __init__(self, kube: Kube) -> None:
         self.kube = kube
-
-    def path(self, key: SyncKey) -> str:
-        return f"{sync_path(key)}/status"
 
     def write(
         self,
         key: SyncKey,
-        old: dict[str, Any],
-        new: dict[str, Any],
+        old: SyncStatus,
+        new: SyncStatus,
         deadline: Deadline | None = None,
-    ) -> dict[str, Any]:
-        """Patch the status when it differs from `old`; returns what the status now is."""
-        if _same(old or {}, new):
+    ) -> SyncStatus:
+        """Patch the status when it differs from `old`; returns what the status now
+        is. Raises KubeError when the API server refuses the patch."""
+        if same(old, new):
             return old
-        patch: dict[str, Any] = {"status": dict(new)}
-        for k in old or {}:
-            if k not in new:
-                patch["status"][k] = None  # merge patch: null removes
         self.kube.request(
-            "PATCH", self.path(key), deadline=deadline, body=patch, content_type=MERGE_PATCH
+            "PATCH",
+            f"{sync_path(key)}/status",
+            deadline=deadline,
+            body=merge_patch(old, new),
+            content_type=MERGE_PATCH,
         )
         return new

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 
 from gitferry import inventory, status
-from gitferry.api import InventoryEntry, SyncKey, parse_duration, parse_spec
-from gitferry.apply import Action, Change, ChangeSet, Item, stages
+from gitferry.api import InventoryEntry, SyncKey, SyncStatus, parse_duration, parse_spec
 from gitferry.errors import InvalidSpec, RenderFailed
+from gitferry.kube import Action, Change, ChangeSet, Item, ObjRef
+from gitferry.kube.apply import stages
 from gitferry.ownership import Decision, decide
-from gitferry.refs import ObjRef
 
 ME = SyncKey("apps", "web")
 OTHER = SyncKey("apps", "other")
@@ -131,13 +131,47 @@ def test_ownership_rules(
 
 
 def test_conditions_keep_transition_time_and_drop_false_reconciling() -> None:
-    first = status.merge_conditions([], status.progressing("go"), 1, "t1")
-    assert {c["type"] for c in first} == {"Ready", "Reconciling"}
+    first = status.merge_conditions((), status.progressing("go"), 1, "t1")
+    assert {c.type for c in first} == {"Ready", "Reconciling"}
     done = status.merge_conditions(first, status.succeeded("ok"), 1, "t2")
-    assert [c["type"] for c in done] == ["Ready"]
-    assert done[0]["lastTransitionTime"] == "t2"
+    assert [c.type for c in done] == ["Ready"]
+    assert done[0].last_transition_time == "t2"
     again = status.merge_conditions(done, status.succeeded("ok"), 2, "t3")
-    assert again[0]["lastTransitionTime"] == "t2" and again[0]["observedGeneration"] == 2
+    assert again[0].last_transition_time == "t2" and again[0].observed_generation == 2
+
+
+def test_status_round_trips_through_its_one_model() -> None:
+    raw = {
+        "observedGeneration": 3,
+        "conditions": [
+            {
+                "type": "Ready",
+                "status": "True",
+                "observedGeneration": 3,
+                "lastTransitionTime": "2026-11-30T00:00:00Z",
+                "reason": "ReconciliationSucceeded",
+                "message": "Applied revision: main@sha1:abc",
+            }
+        ],
+        "lastAttemptedRevision": "main@sha1:abc",
+        "lastAppliedRevision": "main@sha1:abc",
+        "lastHandledReconcileAt": "1",
+        "inventory": {"entries": [{"id": "apps_web_apps_Deployment", "v": "v1"}]},
+    }
+    parsed = SyncStatus.from_dict(raw)
+    assert parsed.to_dict() == raw
+    assert parsed.ready == "True"
+    assert SyncStatus.from_dict(None).inventory is None
+    assert SyncStatus.from_dict({"inventory": {}}).inventory == ()
+
+
+def test_a_status_patch_removes_what_the_new_status_lacks() -> None:
+    old = SyncStatus(observed_generation=1, last_applied_revision="main@sha1:a")
+    new = SyncStatus(observed_generation=2)
+    assert status.merge_patch(old, new) == {
+        "status": {"observedGeneration": 2, "lastAppliedRevision": None}
+    }
+    assert status.same(old, old)
 
 
 def test_a_render_failure_is_stalled_and_its_message_kept() -> None:
@@ -149,10 +183,16 @@ def test_a_render_failure_is_stalled_and_its_message_kept() -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "seconds"), [("30s", 30), ("5m", 300), ("1h30m", 5400), ("500ms", 0.5)]
+    ("text", "seconds"), [("30s", 30), ("5m", 300), ("1h30m", 5400), ("1500ms", 1.5)]
 )
 def test_durations(text: str, seconds: float) -> None:
     assert parse_duration(text, "interval") == seconds
+
+
+@pytest.mark.parametrize("text", ["0s", "0.0001ms", "500ms", "3000000h", "721h", "1e9s", ""])
+def test_durations_that_would_hot_loop_or_overflow_are_refused(text: str) -> None:
+    with pytest.raises(InvalidSpec, match=r"^spec\.retryInterval: "):
+        parse_duration(text, "retryInterval")
 
 
 def test_spec_defaults_and_refusals() -> None:

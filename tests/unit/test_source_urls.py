@@ -7,27 +7,23 @@ from pathlib import Path
 
 import pytest
 
-from gitferry.api import GitRef
 from gitferry.deadline import Deadline
-from gitferry.errors import (
-    AuthenticationFailed,
-    GitFetchFailed,
-    InvalidSpec,
-    RevisionNotFound,
-    URLInvalid,
-)
 from gitferry.source import (
+    AuthError,
+    FetchError,
     GitCredentials,
+    GitRef,
     GitSource,
+    InvalidRef,
+    InvalidURL,
+    RevisionMissing,
     SourceSettings,
-    classify_git_error,
     parse_url,
     redact_url,
-    ref_name_problem,
-    scrub,
-    select_semver_tag,
     validate_ref,
 )
+from gitferry.source.refs import ref_name_problem, select_semver_tag
+from gitferry.source.runner import classify_git_error, scrub
 
 # --- URLs ------------------------------------------------------------------
 
@@ -52,9 +48,9 @@ def test_accepted_urls(url: str, scheme: str, host: str) -> None:
 
 def test_file_urls_only_when_allowed() -> None:
     assert parse_url("file:///srv/git/deploy.git", allow_file_urls=True).scheme == "file"
-    with pytest.raises(URLInvalid, match="file:// URLs are not allowed"):
+    with pytest.raises(InvalidURL, match="file:// URLs are not allowed"):
         parse_url("file:///srv/git/deploy.git")
-    with pytest.raises(URLInvalid):
+    with pytest.raises(InvalidURL):
         parse_url("file://otherhost/srv/deploy.git", allow_file_urls=True)
 
 
@@ -89,7 +85,7 @@ def test_file_urls_only_when_allowed() -> None:
     ],
 )
 def test_refused_urls(url: str) -> None:
-    with pytest.raises(URLInvalid):
+    with pytest.raises(InvalidURL):
         parse_url(url, allow_file_urls=True)
 
 
@@ -103,7 +99,7 @@ def test_refused_urls(url: str) -> None:
     ],
 )
 def test_credentials_in_url_are_refused_without_quoting_them(url: str, secret: str) -> None:
-    with pytest.raises(URLInvalid) as err:
+    with pytest.raises(InvalidURL) as err:
         parse_url(url)
     assert "spec.secretRef" in err.value.message
     assert secret not in err.value.message
@@ -122,7 +118,7 @@ def test_git_source_validate_url_follows_the_setting(tmp_path: Path) -> None:
     strict = GitSource(SourceSettings(cache_dir=tmp_path / "a"))
     loose = GitSource(SourceSettings(cache_dir=tmp_path / "b", allow_file_urls=True))
     try:
-        with pytest.raises(URLInvalid):
+        with pytest.raises(InvalidURL):
             strict.validate_url("file:///srv/r.git")
         loose.validate_url("file:///srv/r.git")
         strict.validate_url("https://example.com/r.git")
@@ -171,15 +167,15 @@ def test_valid_ref_names(name: str) -> None:
 )
 def test_invalid_ref_names(name: str) -> None:
     assert ref_name_problem(name) is not None
-    with pytest.raises(InvalidSpec, match="spec.ref.branch"):
+    with pytest.raises(InvalidRef, match="spec.ref.branch"):
         validate_ref(GitRef(branch=name))
-    with pytest.raises(InvalidSpec, match="spec.ref.tag"):
+    with pytest.raises(InvalidRef, match="spec.ref.tag"):
         validate_ref(GitRef(tag=name))
 
 
 @pytest.mark.parametrize("commit", ["abc123", "g" * 40, "-" + "a" * 39, "a" * 41, "a" * 64])
 def test_commit_must_be_a_full_sha(commit: str) -> None:
-    with pytest.raises(InvalidSpec, match="spec.ref.commit"):
+    with pytest.raises(InvalidRef, match="spec.ref.commit"):
         validate_ref(GitRef(commit=commit))
 
 
@@ -191,7 +187,7 @@ def test_valid_refs_pass() -> None:
 
 @pytest.mark.parametrize("text", [">=foo", "1.2.3 <<", "\x00"])
 def test_invalid_semver_range(text: str) -> None:
-    with pytest.raises(InvalidSpec, match="spec.ref.semver"):
+    with pytest.raises(InvalidRef, match="spec.ref.semver"):
         validate_ref(GitRef(semver=text))
 
 
@@ -291,10 +287,10 @@ URL = "https://git.example.com/org/deploy.git"
 def test_git_errors_are_classified(stderr: str, kind: str) -> None:
     err = classify_git_error(stderr, action="fetch", url=URL, wanted="branch 'nope'")
     expected = {
-        "auth": AuthenticationFailed,
-        "hostkey": AuthenticationFailed,
-        "notfound": RevisionNotFound,
-        "other": GitFetchFailed,
+        "auth": AuthError,
+        "hostkey": AuthError,
+        "notfound": RevisionMissing,
+        "other": FetchError,
     }[kind]
     assert type(err) is expected
     assert "\n" not in err.message and "Traceback" not in err.message
@@ -383,7 +379,7 @@ def test_ssh_without_known_hosts_is_refused_before_git_runs(tmp_path: Path) -> N
     source = GitSource(SourceSettings(cache_dir=tmp_path / "cache"))
     try:
         for creds in (None, GitCredentials(identity="key")):
-            with pytest.raises(AuthenticationFailed, match="known_hosts is required for SSH"):
+            with pytest.raises(AuthError, match="known_hosts is required for SSH"):
                 source.fetch(
                     "git@git.example.com:org/deploy.git", GitRef(), creds, Deadline.after(30), 60
                 )
@@ -404,13 +400,13 @@ def test_ssh_without_known_hosts_is_refused_before_git_runs(tmp_path: Path) -> N
 def test_unusable_https_credentials_are_refused(tmp_path: Path, creds: GitCredentials) -> None:
     source = GitSource(SourceSettings(cache_dir=tmp_path / "cache"))
     try:
-        with pytest.raises(AuthenticationFailed):
+        with pytest.raises(AuthError):
             source.fetch(URL, GitRef(), creds, Deadline.after(30), 60)
     finally:
         source.close()
 
 
 def test_scp_style_url_with_a_token_is_refused_without_echoing_it() -> None:
-    with pytest.raises(URLInvalid) as e:
+    with pytest.raises(InvalidURL) as e:
         parse_url("alice:ghp_SECRETTOKEN@github.com:org/repo.git")
     assert "ghp_SECRETTOKEN" not in str(e.value) and "secretRef" in str(e.value)

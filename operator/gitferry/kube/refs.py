@@ -1,4 +1,4 @@
-"""ObjRef: which object, independent of its version."""
+"""ObjRef: which object in the cluster, independent of its version."""
 
 from __future__ import annotations
 

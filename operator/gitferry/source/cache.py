@@ -1,6 +1,6 @@
 """The fetch stage's disk cache: bare mirrors and materialised trees, LRU-bounded.
 
-No git runs here: `source` drives git and tells the cache what it wrote. This
+No git runs here: `fetcher` drives git and tells the cache what it wrote. This
 module owns the layout, the per-mirror locks, the remembered `ls-remote` answers
 and eviction. Layout, under one directory per GitSource instance:
 
@@ -25,26 +25,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import DeadlineExceeded
+from ..deadline import DeadlineExceeded
+from .refs import RefsAnswer
 
 INSTANCE_PREFIX = "gitferry-"
 # Without a way for callers to say "done with this checkout", a tree or mirror
 # used this recently is assumed to be in use (a render reading it) and is not
 # evicted, even when that leaves the cache over its bound for a while.
 IN_USE_GRACE_SECONDS = 120.0
-
-
-@dataclass(frozen=True)
-class RefsAnswer:
-    """One `git ls-remote --symref` answer."""
-
-    refs: dict[str, str]  # full ref name -> object it points at (a tag object for annotated tags)
-    peeled: dict[str, str]  # tag ref name -> commit, for annotated tags
-    head: str | None  # the ref HEAD points at, e.g. refs/heads/main
-    at: float  # time.monotonic() when asked
-
-    def commit_of(self, refname: str) -> str | None:
-        return self.peeled.get(refname) or self.refs.get(refname)
 
 
 @dataclass(eq=False)
@@ -106,10 +94,7 @@ class DiskCache:
                     self._mirrors[key] = mirror
             left = waited_until - time.monotonic()
             if left <= 0 or not mirror.lock.acquire(timeout=left):
-                raise DeadlineExceeded(
-                    "spec.timeout ran out during fetch, waiting for another fetch of the "
-                    "same repository"
-                )
+                raise DeadlineExceeded("fetch, waiting for another fetch of the same repository")
             if not mirror.removed:
                 break
             mirror.lock.release()

@@ -19,13 +19,21 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from .deadline import Deadline
-from .errors import ApplyFailed
+from ..deadline import Deadline
+from .client import APPLY_PATCH, Kube
+from .discovery import Discovery, Resource
+from .errors import ApplyError, KubeError
 from .kinds import NEVER_RECREATE, apply_rank, is_first_stage
-from .kube import APPLY_PATCH, Discovery, Kube, KubeError, Resource
 from .refs import ObjRef
 
-_IMMUTABLE = re.compile(r"immutable|may not change|cannot be changed|can not be changed", re.I)
+# How the API server words "this field cannot change". Older servers reject a
+# StatefulSet change as "Forbidden: updates to statefulset spec for fields other
+# than 'replicas', ... are forbidden" without the word "immutable".
+_IMMUTABLE = re.compile(
+    r"immutable|may not change|cannot be changed|can not be changed"
+    r"|updates to \w+ spec for fields other than",
+    re.I,
+)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -148,7 +156,7 @@ class Engine:
             try:
                 return it.ref, self.get(it.obj, deadline)
             except KubeError as e:
-                raise ApplyFailed(
+                raise ApplyError(
                     f"{it.where()}: reading the live object failed: {e.message}"
                 ) from None
 
@@ -201,7 +209,7 @@ class Engine:
         deadline: Deadline,
         live: dict[ObjRef, dict[str, Any] | None] | None = None,
     ) -> ChangeSet:
-        """Apply all items, stage by stage; ApplyFailed lists every object that failed."""
+        """Apply all items, stage by stage; ApplyError lists every object that failed."""
         live = dict(live or {})
         result = ChangeSet()
         for stage in stages(items):
@@ -269,7 +277,7 @@ class Engine:
         plans = _parallel(plan, stage, self.options.concurrency)
         errors = [msg for _, _, msg in plans if msg]
         if errors:
-            raise ApplyFailed(
+            raise ApplyError(
                 f"{len(errors)} object(s) failed validation, nothing was applied: "
                 + "; ".join(errors)
             )
@@ -293,7 +301,7 @@ class Engine:
                         return Change(it.ref, Action.RECREATED, version)
                     self._apply(it, deadline, dry_run=False)
                 except KubeError as e:
-                    raise ApplyFailed(f"{it.where()}: {e.message}") from None
+                    raise ApplyError(f"{it.where()}: {e.message}") from None
                 action = Action.CREATED if what == "create" else Action.CONFIGURED
                 return Change(it.ref, action, version)
 
@@ -316,7 +324,7 @@ class Engine:
             if not pending:
                 return
             if time.monotonic() > end:
-                raise ApplyFailed(
+                raise ApplyError(
                     "CustomResourceDefinition(s) not Established in time: "
                     + ", ".join(sorted(pending))
                 )

@@ -1,0 +1,259 @@
+"""Object checks: one parsed document -> clean Kubernetes objects, and the
+checks across objects (duplicates, namespaces) that need the whole set."""
+
+from __future__ import annotations
+
+import base64
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import RenderError
+
+CRD_GROUP = "apiextensions.k8s.io"
+CRD_KIND = "CustomResourceDefinition"
+
+# Written by the API server; sending them back is refused or meaningless.
+# ownerReferences stay: they are the user's intent.
+SERVER_METADATA = (
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "managedFields",
+    "selfLink",
+)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """One object from git and the file it came from (relative to the checkout)."""
+
+    obj: dict[str, Any]
+    source: str
+
+    @property
+    def api_version(self) -> str:
+        return str(self.obj["apiVersion"])
+
+    @property
+    def kind(self) -> str:
+        return str(self.obj["kind"])
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        meta: dict[str, Any] = self.obj["metadata"]
+        return meta
+
+    @property
+    def name(self) -> str:
+        return str(self.metadata["name"])
+
+    @property
+    def namespace(self) -> str | None:
+        ns = self.metadata.get("namespace")
+        return str(ns) if ns else None
+
+    @property
+    def group(self) -> str:
+        """ "" for the core group (apiVersion "v1")."""
+        return self.api_version.rpartition("/")[0]
+
+    @property
+    def version(self) -> str:
+        return self.api_version.rpartition("/")[2]
+
+    def describe(self) -> str:
+        if self.namespace:
+            return f"{self.kind}/{self.namespace}/{self.name}"
+        return f"{self.kind}/{self.name}"
+
+
+class ContentError(Exception):
+    """A problem in one document's content; the caller names file and document."""
+
+
+def plain_copy(value: Any, depth: int, max_depth: int) -> Any:
+    """A fresh JSON-compatible copy: aliases unshared, keys strings."""
+    if isinstance(value, dict | list) and depth >= max_depth:
+        raise ContentError(f"nested deeper than {max_depth} levels")
+    if isinstance(value, dict):
+        return {_key(k): plain_copy(v, depth + 1, max_depth) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain_copy(v, depth + 1, max_depth) for v in value]
+    if value is None or isinstance(value, str | bool | int):
+        return value
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        raise ContentError(f"{value} is not a number JSON can carry")
+    raise ContentError(f"a YAML {type(value).__name__} has no JSON form")
+
+
+def _key(k: Any) -> str:
+    # As kubectl's YAML-to-JSON conversion does.
+    if isinstance(k, str):
+        return k
+    if isinstance(k, bool):
+        return "true" if k else "false"
+    if k is None:
+        return "null"
+    if isinstance(k, int | float):
+        return str(k)
+    raise ContentError(f"a {type(k).__name__} cannot be a key")
+
+
+def type_name(value: Any) -> str:
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return f"a {type(value).__name__}"
+
+
+def expand_lists(obj: dict[str, Any], where: str) -> Iterator[tuple[dict[str, Any], str]]:
+    """`kind: List` (as `kubectl get -o yaml` writes) becomes its items."""
+    if obj.get("kind") != "List":
+        yield obj, where
+        return
+    items = obj.get("items")
+    if items is None:
+        return
+    if not isinstance(items, list):
+        raise ContentError(f"{where}: List items must be a list")
+    for i, item in enumerate(items, 1):
+        if item is None:
+            continue
+        item_where = f"{where}, List item {i}"
+        if not isinstance(item, dict):
+            raise ContentError(f"{item_where}: expected an object, got {type_name(item)}")
+        yield from expand_lists(item, item_where)
+
+
+def check_object(obj: dict[str, Any]) -> None:
+    """Raise ContentError unless obj names its apiVersion, kind and name."""
+    kind = obj.get("kind")
+    meta = obj.get("metadata")
+    label = kind if isinstance(kind, str) and kind else "object"
+    if isinstance(meta, dict) and isinstance(meta.get("name"), str) and meta["name"]:
+        label = f"{label} {meta['name']}"
+    api_version = obj.get("apiVersion")
+    if not isinstance(api_version, str) or not api_version:
+        raise ContentError(f"{label} has no apiVersion")
+    if not isinstance(kind, str) or not kind:
+        raise ContentError(f"{label} has no kind")
+    if meta is None:
+        raise ContentError(f"{label} has no metadata.name")
+    if not isinstance(meta, dict):
+        raise ContentError(f"{label}: metadata must be a mapping")
+    if "generateName" in meta:
+        raise ContentError(
+            f"{label}: metadata.generateName is not supported; set metadata.name "
+            "(gitferry updates and prunes objects by name)"
+        )
+    name = meta.get("name")
+    if name is None or name == "":
+        raise ContentError(f"{label} has no metadata.name")
+    if not isinstance(name, str):
+        raise ContentError(f"{label}: metadata.name must be a string")
+    namespace = meta.get("namespace")
+    if namespace is None or namespace == "":
+        meta.pop("namespace", None)
+    elif not isinstance(namespace, str):
+        raise ContentError(f"{label}: metadata.namespace must be a string")
+
+
+def clean(obj: dict[str, Any]) -> None:
+    """Drop what the server owns; fold a Secret's stringData into data."""
+    obj.pop("status", None)
+    meta = obj["metadata"]
+    for key in SERVER_METADATA:
+        meta.pop(key, None)
+    if obj["kind"] == "Secret" and obj["apiVersion"] == "v1" and "stringData" in obj:
+        string_data = obj.pop("stringData")
+        if string_data is None:
+            return
+        label = f"Secret {meta['name']}"
+        if not isinstance(string_data, dict):
+            raise ContentError(f"{label}: stringData must be a mapping of strings")
+        data = obj.get("data") or {}
+        if not isinstance(data, dict):
+            raise ContentError(f"{label}: data must be a mapping")
+        merged = dict(data)
+        for key, value in string_data.items():
+            if not isinstance(value, str):
+                # Name the key, never the value: it is secret.
+                raise ContentError(f"{label}: stringData.{key} must be a string (quote it)")
+            merged[key] = base64.b64encode(value.encode("utf-8")).decode("ascii")
+        obj["data"] = merged  # stringData wins, as on the API server
+
+
+def assign_namespaces(
+    manifests: Iterable[Manifest],
+    is_namespaced: Callable[[str, str], bool | None],
+    default_namespace: str,
+) -> list[Manifest]:
+    """Namespaced objects without one get `default_namespace`; cluster-scoped
+    objects lose theirs. Scope comes from CRDs in the same set first, then from
+    `is_namespaced(group, kind)` (the caller's discovery; None = no such API).
+    The inputs are not modified."""
+    if not default_namespace:
+        raise ValueError("default_namespace must not be empty")
+    manifests = list(manifests)
+    scopes = crd_scopes(manifests)
+    out: list[Manifest] = []
+    for m in manifests:
+        namespaced = scopes.get((m.group, m.kind))
+        if namespaced is None:
+            namespaced = is_namespaced(m.group, m.kind)
+        if namespaced is None:
+            group_kind = f"{m.group}/{m.kind}" if m.group else m.kind
+            raise RenderError(
+                f"{m.source}: {m.describe()}: no API for {group_kind} (is its CRD installed?)"
+            )
+        meta = dict(m.metadata)
+        if not namespaced:
+            meta.pop("namespace", None)
+        elif not meta.get("namespace"):
+            meta["namespace"] = default_namespace
+        out.append(Manifest({**m.obj, "metadata": meta}, m.source))
+    check_duplicates(out)
+    return out
+
+
+def check_duplicates(manifests: Iterable[Manifest]) -> None:
+    """RenderError naming both files when one object is declared twice."""
+    seen: dict[tuple[str, str, str | None, str], Manifest] = {}
+    for m in manifests:
+        key = (m.group, m.kind, m.namespace, m.name)
+        first = seen.get(key)
+        if first is not None:
+            where = (
+                f"in {first.source} and in {m.source}"
+                if first.source != m.source
+                else f"twice in {m.source}"
+            )
+            raise RenderError(f"{m.describe()} is declared {where}")
+        seen[key] = m
+
+
+def crd_scopes(manifests: Iterable[Manifest]) -> dict[tuple[str, str], bool]:
+    scopes: dict[tuple[str, str], bool] = {}
+    for m in manifests:
+        if m.group != CRD_GROUP or m.kind != CRD_KIND:
+            continue
+        spec = m.obj.get("spec")
+        if not isinstance(spec, dict):
+            continue  # the API server will say what is wrong with it
+        names = spec.get("names")
+        group, kind = spec.get("group"), names.get("kind") if isinstance(names, dict) else None
+        if isinstance(group, str) and isinstance(kind, str):
+            scopes[(group, kind)] = spec.get("scope") == "Namespaced"
+    return scopes

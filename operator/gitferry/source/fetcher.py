@@ -1,0 +1,317 @@
+"""GitSource: a git URL and a ref in, a directory with one commit's files out.
+
+fetch = validate (URL, ref, credentials; no git yet)
+      → resolve the ref (`git ls-remote`, at most once per max_age per mirror)
+      → fetch the commit into the shared bare mirror if it is not there (--depth=1)
+      → materialise the commit's files once into trees/<sha>
+      → evict least-recently-used trees and mirrors beyond the cache bound
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..deadline import Deadline, DeadlineExceeded
+from .cache import DiskCache, Mirror
+from .credentials import GitCredentials, check_credentials
+from .errors import FetchError, RevisionMissing, SourceError
+from .refs import GitRef, RefsAnswer, Resolved, Want, parse_ls_remote, resolve, want_of
+from .runner import GitSession, RunnerSettings
+from .urls import parse_url
+
+log = logging.getLogger("gitferry.source")
+
+STAGE = "fetch"
+GIB = 1 << 30
+MIB = 1 << 20
+_REBUILD_FACTOR = 2
+_FRESH_ENOUGH_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class SourceSettings:
+    cache_dir: Path
+    allow_file_urls: bool = False
+    max_concurrent_fetches: int = 4
+    max_cache_bytes: int = 2 * GIB
+    max_repo_bytes: int = 500 * MIB
+    fetch_timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class Checkout:
+    path: Path  # the files of the revision; shared by all syncs on this commit: read only
+    commit: str  # full sha
+    revision: str  # "main@sha1:<sha>", "v1.2.0@sha1:<sha>" or "sha1:<sha>"
+
+
+class GitSource:
+    """Fetches revisions into a shared, bounded cache. Thread-safe."""
+
+    def __init__(self, settings: SourceSettings) -> None:
+        self.settings = settings
+        self._cache = DiskCache(settings.cache_dir, settings.max_cache_bytes)
+        self._fetch_slots = threading.BoundedSemaphore(max(1, settings.max_concurrent_fetches))
+        self._git = shutil.which("git") or "git"
+        self._runner = RunnerSettings(settings.allow_file_urls, settings.fetch_timeout)
+
+    def validate_url(self, url: str) -> None:
+        """InvalidURL when `url` is not one gitferry may hand to git."""
+        parse_url(url, self.settings.allow_file_urls)
+
+    def fetch(
+        self,
+        url: str,
+        ref: GitRef,
+        credentials: GitCredentials | None,
+        deadline: Deadline,
+        max_age: float,
+    ) -> Checkout:
+        """The files of the revision `ref` names at `url`.
+
+        The remote is asked about refs at most once per `max_age` seconds per mirror;
+        a commit already in the mirror is not fetched again.
+        """
+        parsed = parse_url(url, self.settings.allow_file_urls)
+        want = want_of(ref)
+        creds = credentials or GitCredentials()
+        check_credentials(parsed, creds)
+        deadline.remaining(STAGE)
+        key = hashlib.sha256(f"{parsed.url}\0{creds.fingerprint()}".encode()).hexdigest()
+        session = GitSession(
+            self._git, self._runner, self._cache.home, self._cache.tmp_dir, parsed, creds, deadline
+        )
+        try:
+            with self._cache.locked_mirror(key, deadline.remaining(STAGE)) as mirror:
+                return self._fetch_locked(mirror, session, want, deadline, max_age)
+        finally:
+            session.close()
+
+    def close(self) -> None:
+        """Remove everything this source wrote under cache_dir."""
+        self._cache.close()
+
+    # --- steps, each under the mirror's lock ---------------------------------
+    def _fetch_locked(
+        self,
+        mirror: Mirror,
+        session: GitSession,
+        want: Want,
+        deadline: Deadline,
+        max_age: float,
+    ) -> Checkout:
+        started = time.monotonic()
+        url = session.url.url
+        fetched = False
+        if want.commit is not None:
+            commit = want.commit
+            label = want.branch
+            if commit not in mirror.commits:
+                target = f"refs/gitferry/pins/{commit}"
+                self._fetch_object(mirror, session, deadline, commit, target, f"commit {commit}")
+                self._verify_commit(mirror, session, target, f"commit {commit}")
+                fetched = True
+        else:
+            answer = self._remote_refs(mirror, session, deadline, max_age)
+            try:
+                resolved = resolve(answer, want, url)
+            except RevisionMissing:
+                if time.monotonic() - answer.at < _FRESH_ENOUGH_SECONDS:
+                    raise
+                # Another sync's remembered answer may predate the branch or tag this
+                # one names: a miss is worth one more question.
+                answer = self._remote_refs(mirror, session, deadline, max_age=0)
+                resolved = resolve(answer, want, url)
+            label = resolved.label
+            if resolved.commit in mirror.commits:
+                commit = resolved.commit
+            else:
+                commit = self._fetch_ref(mirror, session, deadline, resolved)
+                fetched = True
+        tree = self._cache.tree(commit)
+        if tree is None:
+            tree = self._materialise(mirror, session, commit)
+            fetched = True
+        if fetched:
+            evicted = self._cache.evict(keep_mirror=mirror, keep_tree=commit)
+            log.debug(
+                "url=%s commit=%s action=fetch duration_ms=%d cache_bytes=%d evicted=%d",
+                url,
+                commit,
+                (time.monotonic() - started) * 1000,
+                self._cache.total_bytes(),
+                len(evicted),
+            )
+        revision = f"{label}@sha1:{commit}" if label else f"sha1:{commit}"
+        return Checkout(path=tree, commit=commit, revision=revision)
+
+    def _remote_refs(
+        self, mirror: Mirror, session: GitSession, deadline: Deadline, max_age: float
+    ) -> RefsAnswer:
+        """The remote's refs, asked at most once per max_age (per mirror)."""
+        answer = mirror.refs
+        if answer is not None and time.monotonic() - answer.at < max_age:
+            return answer
+        self._ensure_initialised(mirror, session)  # ls-remote runs in it: no repo discovery
+        with self._fetch_slot(deadline):
+            out = session.run(
+                ["ls-remote", "--symref", "--", session.url.url],
+                action="ls-remote",
+                git_dir=mirror.path,
+            )
+        answer = parse_ls_remote(out)
+        mirror.refs = answer
+        return answer
+
+    def _fetch_ref(
+        self, mirror: Mirror, session: GitSession, deadline: Deadline, resolved: Resolved
+    ) -> str:
+        """Fetch the object ls-remote named (one `fetch` request, no second ref listing);
+        if the server refuses it (the ref moved since, on a protocol v0 server), fetch
+        by name instead. Returns the commit the mirror now has under the ref."""
+        target = resolved.refname
+        try:
+            self._fetch_object(mirror, session, deadline, resolved.want, target, resolved.wanted)
+        except RevisionMissing:
+            if target.startswith("refs/gitferry/"):  # a detached HEAD has no name to ask for
+                raise
+            mirror.refs = None  # the answer is stale
+            self._fetch_object(mirror, session, deadline, target, target, resolved.wanted)
+        commit = self._verify_commit(mirror, session, target, resolved.wanted)
+        if commit != resolved.commit:
+            mirror.refs = None  # moved between ls-remote and fetch: ask again next time
+        return commit
+
+    def _fetch_object(
+        self,
+        mirror: Mirror,
+        session: GitSession,
+        deadline: Deadline,
+        source: str,
+        target: str,
+        wanted: str,
+    ) -> None:
+        """Fetch `source` (a sha or a ref) into the mirror's `target` ref, depth 1.
+
+        Depth-1 fetches keep every earlier commit's objects (gc is off), so a mirror
+        grown past twice its fresh size is started afresh first; one over
+        max_repo_bytes gets one fresh try before the repository is refused."""
+        if mirror.fresh_size and mirror.size > _REBUILD_FACTOR * mirror.fresh_size:
+            self._cache.reset_mirror(mirror)
+        while True:
+            fresh = not mirror.commits
+            self._fetch_into(mirror, session, deadline, source, target, wanted)
+            size = self._repo_size(mirror, session)
+            limit = self.settings.max_repo_bytes
+            if size <= limit:
+                break
+            self._cache.reset_mirror(mirror)
+            if fresh:
+                raise FetchError(
+                    f"repository {session.url.url} is {size / MIB:.1f} MiB, over the limit of "
+                    f"{limit / MIB:.1f} MiB for one repository"
+                )
+        self._cache.set_mirror_size(mirror, size)
+        if fresh:
+            mirror.fresh_size = size
+
+    def _fetch_into(
+        self,
+        mirror: Mirror,
+        session: GitSession,
+        deadline: Deadline,
+        source: str,
+        target: str,
+        wanted: str,
+    ) -> None:
+        self._ensure_initialised(mirror, session)
+        args = [
+            "fetch",
+            "--depth=1",
+            "--no-tags",
+            "--no-write-fetch-head",
+            "--no-recurse-submodules",
+            "--quiet",
+            "--",
+            session.url.url,
+            f"+{source}:{target}",
+        ]
+        with self._fetch_slot(deadline):
+            try:
+                session.run(args, action="fetch", git_dir=mirror.path, wanted=wanted)
+            except SourceError:
+                if session.killed:
+                    # A killed fetch can leave lock files behind: start the mirror afresh.
+                    self._cache.reset_mirror(mirror)
+                raise
+
+    def _verify_commit(self, mirror: Mirror, session: GitSession, refname: str, wanted: str) -> str:
+        try:
+            out = session.run(
+                ["rev-parse", "--verify", "--quiet", f"{refname}^{{commit}}"],
+                action="rev-parse",
+                git_dir=mirror.path,
+            )
+        except (FetchError, RevisionMissing):
+            raise RevisionMissing(f"{wanted} in {session.url.url} does not name a commit") from None
+        commit = out.strip()
+        mirror.commits.add(commit)
+        return commit
+
+    def _ensure_initialised(self, mirror: Mirror, session: GitSession) -> None:
+        if not mirror.initialised:
+            session.run(["init", "--bare", "-q", str(mirror.path)], action="init", git_dir=None)
+            mirror.initialised = True
+
+    def _repo_size(self, mirror: Mirror, session: GitSession) -> int:
+        out = session.run(["count-objects", "-v"], action="count-objects", git_dir=mirror.path)
+        kib = 0
+        for line in out.splitlines():
+            key, _, value = line.partition(":")
+            if key in ("size", "size-pack", "size-garbage"):
+                kib += int(value.strip() or 0)
+        return kib * 1024
+
+    def _materialise(self, mirror: Mirror, session: GitSession, commit: str) -> Path:
+        """Write the commit's files to trees/<commit>, once (symlinks stay symlinks).
+
+        read-tree + checkout-index, not `git archive`: archive applies export-ignore
+        and export-subst, so its files can differ from the commit's."""
+        scratch = self._cache.scratch_dir()
+        try:
+            work = scratch / "tree"
+            work.mkdir()
+            index = {"GIT_INDEX_FILE": str(scratch / "index")}
+            session.run(
+                ["read-tree", commit],
+                action="read-tree",
+                git_dir=mirror.path,
+                extra_env=index,
+            )
+            session.run(
+                [f"--work-tree={work}", "checkout-index", "--all", "--force"],
+                action="checkout-index",
+                git_dir=mirror.path,
+                extra_env=index,
+            )
+            return self._cache.add_tree(commit, work)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def _fetch_slot(self, deadline: Deadline) -> Iterator[None]:
+        """One of max_concurrent_fetches network operations across all mirrors."""
+        if not self._fetch_slots.acquire(timeout=deadline.remaining(STAGE)):
+            raise DeadlineExceeded("fetch, waiting for a fetch slot")
+        try:
+            yield
+        finally:
+            self._fetch_slots.release()
