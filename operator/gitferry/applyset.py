@@ -40,6 +40,18 @@ def additional_namespaces(refs: Iterable[ObjRef], parent_namespace: str) -> str:
     )
 
 
+def parse_group_kinds(text: str | None) -> frozenset[tuple[str, str]]:
+    """(group, kind) pairs from a contains-group-kinds annotation (`Kind.group`,
+    core kinds bare); empty for a missing or empty annotation."""
+    pairs = set()
+    for item in (text or "").split(","):
+        item = item.strip()
+        if item:
+            kind, _, group = item.partition(".")
+            pairs.add((group, kind))
+    return frozenset(pairs)
+
+
 def parent_metadata(name: str, namespace: str, refs: Iterable[ObjRef]) -> dict[str, dict[str, str]]:
     """Labels and annotations the parent carries for this set of members."""
     refs = list(refs)

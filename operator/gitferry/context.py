@@ -7,8 +7,9 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from .api import Sync, SyncKey, SyncStatus, sync_path
+from .api import InventoryEntry, Sync, SyncKey, SyncStatus, sync_path
 from .deadline import Deadline
+from .errors import ShuttingDown
 from .events import EventRecorder
 from .kube import Discovery, Kube, KubeError, ObjRef
 from .settings import Settings
@@ -28,7 +29,18 @@ class Context:
     # What each sync's git held at its last render: decides hand-overs.
     _last_render: dict[SyncKey, frozenset[str]] = field(default_factory=dict)
     _sync_locks: dict[SyncKey, threading.Lock] = field(default_factory=dict)
+    # Consecutive failed reconciles per sync: the retry backs off exponentially.
+    _failures: dict[SyncKey, int] = field(default_factory=dict)
+    # Containers already reported as kept for what git declares inside them.
+    _deferred: dict[SyncKey, frozenset[str]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    # Set when the operator begins to stop: no stage starts after it.
+    stopping: threading.Event = field(default_factory=threading.Event)
+
+    def check_running(self, stage: str) -> None:
+        """Raise ShuttingDown before `stage` once the operator is stopping."""
+        if self.stopping.is_set():
+            raise ShuttingDown(f"the operator is stopping; {stage} did not start")
 
     def sync_lock(self, key: SyncKey) -> threading.Lock:
         """Held by a reconcile and by the finalizer of one sync: they never overlap."""
@@ -41,6 +53,8 @@ class Context:
         with self._lock:
             self._last_render.pop(key, None)
             self._last_warning.pop(key, None)
+            self._failures.pop(key, None)
+            self._deferred.pop(key, None)
             lock = self._sync_locks.get(key)
             if lock is not None and not lock.locked():
                 del self._sync_locks[key]
@@ -97,6 +111,29 @@ class Context:
             self._last_warning[key] = message
             return True
 
-    def clear_warning(self, key: SyncKey) -> None:
+    def succeeded(self, key: SyncKey) -> None:
+        """A reconcile succeeded: the next failure warns again and retries soon."""
         with self._lock:
             self._last_warning.pop(key, None)
+            self._failures.pop(key, None)
+
+    def retry_after(self, key: SyncKey, retry: float, interval: float) -> float:
+        """Seconds until the retry of a failed reconcile: `retry` after the first
+        failure, doubling with each failure in a row, capped at the larger of
+        `retry` and min(interval, 10 minutes) (controller-runtime's exponential
+        backoff per item, bounded by the sync's own cadence)."""
+        with self._lock:
+            n = self._failures[key] = self._failures.get(key, 0) + 1
+        cap = max(retry, min(interval, 600.0))
+        return float(min(retry * 2 ** min(n - 1, 30), cap))
+
+    def new_deferrals(
+        self, key: SyncKey, deferred: list[tuple[InventoryEntry, str]]
+    ) -> list[tuple[InventoryEntry, str]]:
+        """The deferred prunes not yet reported for this sync (one Warning each,
+        not one per reconcile: a no-op reconcile writes nothing)."""
+        ids = frozenset(e.id for e, _ in deferred)
+        with self._lock:
+            seen = self._deferred.get(key, frozenset())
+            self._deferred[key] = ids
+        return [(e, why) for e, why in deferred if e.id not in seen]

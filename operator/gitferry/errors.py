@@ -110,6 +110,11 @@ class InternalError(SyncError):
     reason = Reason.RECONCILIATION_FAILED
 
 
+class ShuttingDown(Exception):  # noqa: N818 - a state, not a failure
+    """The operator is stopping: the reconcile ends at a stage boundary and
+    writes nothing (no status, no Event, no prune); the next start redoes it."""
+
+
 class Stage(StrEnum):
     """The stages of one reconcile, in order (README "How one sync runs")."""
 
@@ -188,6 +193,8 @@ def in_stage(stage: Stage, timeout: float | None = None) -> Iterator[None]:
     (`classify`). An internal error's traceback goes to the log, never to status."""
     try:
         yield
+    except ShuttingDown:
+        raise
     except Exception as e:
         error = classify(stage, e, timeout)
         if isinstance(error, InternalError):

@@ -6,13 +6,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from . import inventory
+from . import applyset, inventory
 from .api import SyncKey, SyncStatus, parse_sync, sync_path
 from .context import Context
 from .deadline import Deadline
 from .errors import SyncError
 from .events import WARNING
-from .kube import KubeError
+from .kube import KubeError, ObjRef
 from .prune import Pruner, find_owned
 from .uninstall import CRD_PATH
 
@@ -24,7 +24,9 @@ def finalize(ctx: Context, key: SyncKey, body: dict[str, Any]) -> None:
     prune false release its objects; on an uninstall, orphan them. Waits for a
     reconcile of the sync that is still running, then reads the sync afresh: that
     reconcile may have grown the inventory."""
+    ctx.check_running("the finalizer")  # Kopf retries it after the restart
     with ctx.sync_lock(key):
+        ctx.check_running("the finalizer")
         try:
             body = ctx.kube.request("GET", sync_path(key))
         except KubeError as e:
@@ -35,29 +37,49 @@ def finalize(ctx: Context, key: SyncKey, body: dict[str, Any]) -> None:
 
 
 def _finalize(ctx: Context, key: SyncKey, body: dict[str, Any]) -> None:
+    raw = body.get("spec") or {}
     try:
         sync = parse_sync(body)
-        prune, timeout, client = sync.spec.prune, sync.spec.timeout, ctx.client_for(sync)
-    except SyncError:  # an invalid spec: prune with the defaults, as the operator
-        prune, timeout, client = (
-            (body.get("spec") or {}).get("prune", True) is not False,
-            120.0,
-            ctx.kube,
-        )
+        prune, suspended = sync.spec.prune, sync.spec.suspend
+        timeout, client = sync.spec.timeout, ctx.client_for(sync)
+    except SyncError:  # an invalid spec: the defaults, as the operator
+        prune = raw.get("prune", True) is not False
+        suspended = raw.get("suspend") is True
+        timeout, client = 120.0, ctx.kube
     deadline = Deadline.after(timeout)
-    uid = str((body.get("metadata") or {}).get("uid", ""))
+    meta = body.get("metadata") or {}
+    uid = str(meta.get("uid", ""))
     why = _uninstalling(ctx, key, deadline)
     if why:
         log.info("sync=%s action=delete orphaned=true why=%s", key, why)
         return
     entries = SyncStatus.from_dict(body.get("status")).inventory
     if entries is None:
-        entries = tuple(find_owned(ctx.kube, ctx.discovery, key, deadline))
+        kinds = applyset.parse_group_kinds(
+            (meta.get("annotations") or {}).get(applyset.ANNOTATION_GROUP_KINDS)
+        )
+        entries = tuple(find_owned(ctx.kube, ctx.discovery, key, deadline, kinds))
     pruner = Pruner(client, ctx.discovery, key, ctx.can_hand_over)
     order = inventory.stale(entries, ())
-    result = pruner.prune(order, deadline) if prune else pruner.release(order, deadline)
-    left = pruner.wait_gone(result.deleted, deadline) if prune else []
+    # Suspend means no changes at all: deleting a suspended sync orphans its
+    # objects (only gitferry's labels go), as Flux does.
+    delete = prune and not suspended
+    ctx.check_running("prune")
+    result = pruner.prune(order, deadline) if delete else pruner.release(order, deadline)
+    if result.deferred:  # the sync is going: what another sync's git fills is released
+        released = pruner.release([e for e, _ in result.deferred], deadline)
+        result.failed += released.failed
+        result.kept += [
+            (ObjRef.from_id(e.id), why)
+            for e, why in result.deferred
+            if e not in released.remaining()
+        ]
+    left = pruner.wait_gone(result.deleted, deadline) if delete else []
+    if suspended:
+        log.info("sync=%s action=delete orphaned=true why=suspended", key)
     for ref, reason in result.kept:
+        if suspended:
+            reason = "the sync is suspended: its objects are orphaned, not deleted"
         ctx.events.post(
             key, uid, WARNING, "PruneSkipped", f"{ref} was not deleted with the sync: {reason}"
         )
@@ -65,7 +87,7 @@ def _finalize(ctx: Context, key: SyncKey, body: dict[str, Any]) -> None:
     if problems:
         ctx.events.post(key, uid, WARNING, "PruneFailed",
                         "the sync is released, but: " + "; ".join(problems))  # fmt: skip
-    log.info("sync=%s action=delete prune=%s deleted=%d kept=%d failed=%d", key, prune,
+    log.info("sync=%s action=delete prune=%s deleted=%d kept=%d failed=%d", key, delete,
              len(result.deleted), len(result.kept), len(problems))  # fmt: skip
 
 

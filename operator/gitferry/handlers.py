@@ -52,8 +52,8 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
 async def cleanup(**_: Any) -> None:
     for task in _background:
         task.cancel()
-    if _runtime is not None:
-        _runtime.close()
+    if _runtime is not None:  # in a thread: the event loop (liveness) keeps answering
+        await asyncio.get_running_loop().run_in_executor(None, _runtime.close)
 
 
 # A new (or, after a restart, resumed) sync needs no request: its worker daemon

@@ -28,6 +28,7 @@ from .constants import (
     LABEL_SYNC_NAMESPACE,
 )
 from .deadline import Deadline
+from .errors import PruneFailed
 from .kube import MERGE_PATCH, Discovery, Kube, KubeError, ObjRef, Resource
 from .ownership import claim_of, controller_owner, is_adopted, owner_of
 
@@ -47,9 +48,12 @@ class PruneResult:
     handed_over: list[tuple[ObjRef, SyncKey]] = field(default_factory=list)
     # Still ours: stay in the inventory, retried next time.
     failed: list[tuple[InventoryEntry, str]] = field(default_factory=list)
+    # A Namespace or CRD that left git while git (this sync's or another's) still
+    # declares objects inside it: not deleted, stays in the inventory, retried.
+    deferred: list[tuple[InventoryEntry, str]] = field(default_factory=list)
 
     def remaining(self) -> list[InventoryEntry]:
-        return [e for e, _ in self.failed]
+        return [e for e, _ in self.failed] + [e for e, _ in self.deferred]
 
 
 def release_patch(rv: str | None, keep_claim: bool = True) -> dict[str, Any]:
@@ -73,11 +77,15 @@ class Pruner:
         discovery: Discovery,
         me: SyncKey,
         can_hand_over: Callable[[SyncKey, ObjRef], bool] = lambda _s, _r: False,
+        declared: frozenset[str] = frozenset(),
     ) -> None:
+        """`declared`: inventory ids this sync's git holds now (they keep their
+        Namespace or CRD); `can_hand_over(sync, ref)`: may `ref` go to `sync`."""
         self.kube = kube
         self.discovery = discovery
         self.me = me
         self.can_hand_over = can_hand_over
+        self.declared = declared
 
     def prune(self, stale: Sequence[InventoryEntry], deadline: Deadline) -> PruneResult:
         """Delete `stale` (already in prune order) where every rule allows it."""
@@ -145,7 +153,12 @@ class Pruner:
             self._patch(path, release_patch(rv), deadline)
             result.kept.append((ref, "it existed before gitferry adopted it"))
             return
-        foreign = self._foreign_contents(ref, deadline)
+        declared, foreign = self._contents(ref, deadline)
+        if declared:
+            result.deferred.append(
+                (entry, f"git still declares objects inside it: {', '.join(declared)}")
+            )
+            return
         if foreign:
             self._patch(path, release_patch(rv), deadline)
             result.kept.append(
@@ -175,9 +188,13 @@ class Pruner:
         self.kube.request("PATCH", path, deadline=deadline, body=patch, content_type=MERGE_PATCH)
 
     # --- what keeps a Namespace or a CRD ------------------------------------
-    def _foreign_contents(self, ref: ObjRef, deadline: Deadline, limit: int = 5) -> list[str]:
-        """Up to `limit` objects inside a Namespace or of a CRD that gitferry did not
-        create. When they cannot be listed, the container is kept (deletes less)."""
+    def _contents(
+        self, ref: ObjRef, deadline: Deadline, limit: int = 5
+    ) -> tuple[list[str], list[str]]:
+        """What keeps a Namespace or a CRD, up to `limit` of each: objects inside it
+        that git still declares (this sync's new revision, or another sync's), and
+        objects gitferry did not create. When they cannot be listed, the container
+        is kept (deletes less)."""
         if ref.group == "" and ref.kind == "Namespace":
             resources = [
                 r
@@ -195,13 +212,14 @@ class Pruner:
             kind = (spec.get("names") or {}).get("kind", "")
             res = self.discovery.for_group_kind(spec.get("group", ""), kind)
             if res is None:  # cannot list its objects: keep the CRD (deletes less)
-                return [f"{kind}.{spec.get('group', '')} objects that could not be listed"]
+                return [], [f"{kind}.{spec.get('group', '')} objects that could not be listed"]
             return self._scan([res], None, deadline, limit)
-        return []
+        return [], []
 
     def _scan(
         self, resources: list[Resource], namespace: str | None, deadline: Deadline, limit: int
-    ) -> list[str]:
+    ) -> tuple[list[str], list[str]]:
+        declared: list[str] = []
         found: list[str] = []
         for r in resources:
             try:
@@ -212,7 +230,7 @@ class Pruner:
             except KubeError as e:
                 if e.not_found:
                     continue
-                return [f"{r.kind} objects that could not be listed ({e.message})"]
+                return declared, [f"{r.kind} objects that could not be listed ({e.message})"]
             for obj in items:
                 meta = obj.get("metadata") or {}
                 ns = meta.get("namespace") or ""
@@ -221,12 +239,18 @@ class Pruner:
                     continue
                 if meta.get("ownerReferences") or meta.get("deletionTimestamp"):
                     continue  # dependents go with their owners; deleting ones are leaving
-                if owner_of(obj) == self.me and not is_adopted(obj):
+                owner = owner_of(obj)
+                if owner == self.me and o.id in self.declared:
+                    declared.append(o.describe())  # this sync's git still holds it
+                elif owner is not None and owner != self.me:
+                    declared.append(f"{o.describe()} (sync {owner})")
+                elif owner == self.me and not is_adopted(obj):
                     continue  # ours, being pruned; an adopted one still keeps it
-                found.append(o.describe())
-                if len(found) >= limit:
-                    return found
-        return found
+                else:
+                    found.append(o.describe())
+                if len(found) + len(declared) >= limit:
+                    return declared, found
+        return declared, found
 
     # --- waiting -------------------------------------------------------------
     def wait_gone(self, refs: Sequence[ObjRef], deadline: Deadline) -> list[ObjRef]:
@@ -254,21 +278,42 @@ class Pruner:
 
 
 def find_owned(
-    kube: Kube, discovery: Discovery, me: SyncKey, deadline: Deadline
+    kube: Kube,
+    discovery: Discovery,
+    me: SyncKey,
+    deadline: Deadline,
+    group_kinds: frozenset[tuple[str, str]],
 ) -> list[InventoryEntry]:
     """Rebuild an inventory from the ownership labels (a status lost to a backup
-    restore). Objects a controller owns copied the labels from a template: skipped."""
+    restore), listing only the kinds the ApplySet parent says the set holds
+    (`applyset.kubernetes.io/contains-group-kinds`, KEP-3659): a sync that never
+    applied anything lists nothing. Objects a controller owns copied the labels
+    from a template: skipped.
+
+    Raises PruneFailed when a kind cannot be listed (403, 5xx, a timeout): a
+    partial inventory would leave the missed objects unpruned forever. A kind
+    the API no longer serves holds nothing."""
+    if not group_kinds:
+        return []
+    if any(discovery.for_group_kind(g, k) is None for g, k in group_kinds):
+        discovery.refresh(deadline)
     selector = f"{LABEL_SYNC_NAME}={me.name},{LABEL_SYNC_NAMESPACE}={me.namespace}"
     found: list[InventoryEntry] = []
-    for r in discovery.listable():
-        if (r.group, r.kind) in _NOT_CONTENT:
-            continue
+    for group, kind in sorted(group_kinds):
+        r = discovery.for_group_kind(group, kind)
+        if r is None or (r.group, r.kind) in _NOT_CONTENT:
+            continue  # its kind is gone: so are its objects
         try:
             items = kube.request(
                 "GET", r.path(), deadline=deadline, query={"labelSelector": selector}
             )
-        except KubeError:
-            continue  # not listable as this identity: nothing of ours we could prune there
+        except KubeError as e:
+            if e.not_found:
+                continue
+            raise PruneFailed(
+                f"the inventory is missing from status and could not be rebuilt from labels: "
+                f"listing {r.kind}{'.' + r.group if r.group else ''} failed: {e.message}"
+            ) from None
         for obj in items.get("items") or []:
             if controller_owner(obj):
                 continue

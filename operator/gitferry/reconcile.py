@@ -11,6 +11,7 @@ here imports kopf: a test, a benchmark or a CLI can drive it directly.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import logging
 import os
 import random
@@ -51,6 +52,7 @@ from .errors import (
     OwnershipConflict,
     PruneFailed,
     PruneRefused,
+    ShuttingDown,
     Stage,
     SyncError,
     in_stage,
@@ -151,24 +153,27 @@ def _reconcile(ctx: Context, key: SyncKey) -> Result:
     if body is None:
         return Result(True, 3600.0)  # gone, or being deleted: the finalizer handles it
     run = Run(ctx, parse_meta(body), SyncStatus.from_dict(body.get("status")))
-    retry = 300.0
+    retry, interval = 300.0, 300.0
     try:
         with in_stage(Stage.SPEC):
             sync = parse_sync(body)
-        retry = sync.spec.retry_interval
+        retry, interval = sync.spec.retry_interval, sync.spec.interval
         if sync.spec.suspend:
             with in_stage(Stage.STATUS):
                 run.write(status.suspended())
             return Result(True, _jitter(sync.spec.interval, ctx.settings.interval_jitter))
         summary = _pipeline(run, sync)
-    except SyncError as e:
+    except ShuttingDown as e:  # nothing is written: the next start redoes this reconcile
+        log.info("sync=%s action=reconcile result=stopped why=%s", run.key, e)
+        return Result(True, 3600.0)
+    except Exception as e:
+        if not isinstance(e, SyncError):  # a bug outside any stage: the log gets the traceback
+            log.exception("sync=%s action=reconcile error=internal", run.key)
+            e = InternalError(f"internal error: {type(e).__name__}: {e}")
         _fail(run, e)
-        return Result(False, _jitter(retry, ctx.settings.interval_jitter), tuple(run.wake))
-    except Exception as e:  # a bug outside any stage: the log gets the traceback
-        log.exception("sync=%s action=reconcile error=internal", run.key)
-        _fail(run, InternalError(f"internal error: {type(e).__name__}: {e}"))
-        return Result(False, _jitter(retry, ctx.settings.interval_jitter))
-    ctx.clear_warning(run.key)
+        backoff = ctx.retry_after(key, retry, interval)
+        return Result(False, _jitter(backoff, ctx.settings.interval_jitter), tuple(run.wake))
+    ctx.succeeded(run.key)
     log.info("sync=%s action=reconcile result=ok %s duration_ms=%d", run.key, summary, run.ms())
     return Result(True, _jitter(sync.spec.interval, ctx.settings.interval_jitter), tuple(run.wake))
 
@@ -211,7 +216,9 @@ def _credentials(ctx: Context, sync: Sync, deadline: Deadline) -> GitCredentials
         return None
     path = f"/api/v1/namespaces/{sync.key.namespace}/secrets/{sync.spec.secret_ref}"
     try:
-        secret = ctx.kube.request("GET", path, deadline=deadline)
+        # As the identity the sync applies as: a tenant cannot send a Secret it
+        # may not read to a URL of its choosing.
+        secret = ctx.client_for(sync).request("GET", path, deadline=deadline)
     except KubeError as e:  # the Secret's problem, whatever the API said: not git's
         raise AuthenticationFailed(
             f"spec.secretRef: Secret {sync.key.namespace}/{sync.spec.secret_ref}: {e.message}"
@@ -252,9 +259,11 @@ def _mark_adopted(item: Item) -> None:
 def _pipeline(run: Run, sync: Sync) -> str:
     """fetch → render → ownership → apply → prune → status; returns a log summary.
 
-    Each stage runs `in_stage`: what it raises becomes that stage's condition."""
+    Each stage runs `in_stage`: what it raises becomes that stage's condition.
+    Once the operator is stopping, no further stage starts (ShuttingDown)."""
     timeout = sync.spec.timeout
     deadline = Deadline.after(timeout)
+    ctx = run.ctx
     with in_stage(Stage.SPEC):
         _check_supported(sync)
     with in_stage(Stage.STATUS, timeout):
@@ -262,6 +271,7 @@ def _pipeline(run: Run, sync: Sync) -> str:
         if spec_changed:
             # kubectl wait right after a spec change must never see the old Ready.
             run.write(status.progressing(f"reconciling generation {sync.generation}"), deadline)
+    ctx.check_running("fetch")
     with in_stage(Stage.FETCH, timeout):
         checkout = _fetch(run, sync, spec_changed, deadline)
     with in_stage(Stage.RENDER, timeout):
@@ -270,8 +280,10 @@ def _pipeline(run: Run, sync: Sync) -> str:
         old = _old_inventory(run, sync, manifests, checkout.revision, deadline)
     with in_stage(Stage.OWNERSHIP, timeout):
         plan = _own(run, sync, manifests, deadline)
+    ctx.check_running("apply")
     with in_stage(Stage.APPLY, timeout):
         changes = _apply(run, sync, plan, old, checkout.revision, deadline)
+    ctx.check_running("prune")  # never prune once shutdown began
     with in_stage(Stage.PRUNE, timeout):
         pruned, final = _prune(run, sync, plan, old, changes, checkout.revision, deadline)
     with in_stage(Stage.STATUS, timeout):
@@ -314,7 +326,10 @@ def _old_inventory(
 ) -> tuple[InventoryEntry, ...]:
     old = run.status.inventory
     if old is None:  # a new sync, or a status lost in a restore: the labels tell
-        old = tuple(find_owned(run.ctx.kube, run.ctx.discovery, sync.key, deadline))
+        kinds = applyset.parse_group_kinds(
+            run.parent["annotations"].get(applyset.ANNOTATION_GROUP_KINDS)
+        )
+        old = tuple(find_owned(run.ctx.kube, run.ctx.discovery, sync.key, deadline, kinds))
     if not manifests and old and not sync.spec.allow_empty:
         raise PruneRefused(
             f"revision {revision} holds no objects under {sync.spec.path!r}: applying it would delete "
@@ -359,9 +374,13 @@ def _own(run: Run, sync: Sync, manifests: list[Manifest], deadline: Deadline) ->
         if not v.claimed_by_us:
             _set_claim(engine, client, v.ref, claim_value(sync.key), deadline)
     writable = [it for it in items if verdicts[it.ref].writable]
-    for it in writable:
+    for i, it in enumerate(writable):
         if verdicts[it.ref].adopted:
             _mark_adopted(it)
+        if verdicts[it.ref].decision == Decision.ADOPT:
+            # git becomes the whole truth for the fields it sets: take over what
+            # kubectl (client-side apply, create, edit) or Helm owned.
+            writable[i] = dataclasses.replace(it, take_over=True)
     return Plan(engine, client, writable, live, verdicts, conflicts)
 
 
@@ -410,7 +429,8 @@ def _prune(
     revision: str,
     deadline: Deadline,
 ) -> tuple[PruneResult, tuple[InventoryEntry, ...]]:
-    pruner = Pruner(plan.client, run.ctx.discovery, sync.key, run.ctx.can_hand_over)
+    declared = frozenset(e.id for e in plan.entries)
+    pruner = Pruner(plan.client, run.ctx.discovery, sync.key, run.ctx.can_hand_over, declared)
     stale = inventory.stale(old, plan.entries)
     pruned = pruner.prune(stale, deadline) if sync.spec.prune else pruner.release(stale, deadline)
     changes.changes += [Change(ref, Action.DELETED) for ref in pruned.deleted]
@@ -483,6 +503,13 @@ def _set_claim(
 def _report_prune(run: Run, pruned: PruneResult) -> None:
     for ref, why in pruned.kept:
         run.event(WARNING, "PruneSkipped", f"{ref} left git but was not deleted: {why}")
+    for entry, why in run.ctx.new_deferrals(run.key, pruned.deferred):
+        run.event(
+            WARNING,
+            "PruneSkipped",
+            f"{ObjRef.from_id(entry.id)} left git but was not deleted: {why}; it stays in the "
+            "inventory and is pruned once nothing declared remains inside",
+        )
     for ref, to in pruned.handed_over:
         run.event(
             NORMAL,

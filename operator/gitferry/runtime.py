@@ -82,7 +82,11 @@ class Runtime:
     def _finalize(self, key: SyncKey, body: dict[str, Any]) -> None:
         finalize(self.context, key, body)
 
-    def close(self) -> None:
-        self.scheduler.close()
+    def close(self, grace: float = 20.0) -> None:
+        """Graceful stop: no stage starts after this (running reconciles end at
+        their next stage boundary and never prune), wait up to `grace` seconds
+        for them, and only then remove the cache and close the API pool."""
+        self.context.stopping.set()
+        self.scheduler.close(grace)
         self.context.source.close()
         self.context.kube.close()

@@ -172,17 +172,18 @@ def test_a_thousand_reconciles_leave_no_git_process_or_temp_dir(
     [cache] = (operator.workdir / "cache").glob("gitferry-*")
     before = entries(tmpdir, cache / "tmp")
     repo = repo_factory("busy")
-    names = [f"busy-{i}" for i in range(4)]
+    names = [f"busy-{i}" for i in range(16)]
     sha = repo.commit({f"{n}/cm.yaml": config_map(n, "1") for n in names}, "first")
     repo.push()
     create_git_auth_secret(cluster, namespace, https_git_server, ca=test_ca)
-    # Every reconcile asks git for the branch (max_age = interval = 10ms): two syncs
-    # read a local path, two go over HTTPS with a private CA (a credential file per call).
-    for name in names[:2]:
-        create_sync(cluster, name, namespace, repo.bare.file_url, path=name, interval="10ms")
-    for name in names[2:]:
+    # Every reconcile asks git for the branch (max_age = interval = 1s, the shortest
+    # interval admission allows): half the syncs read a local path, half go over
+    # HTTPS with a private CA (a credential file per call).
+    for name in names[:8]:
+        create_sync(cluster, name, namespace, repo.bare.file_url, path=name, interval="1s")
+    for name in names[8:]:
         url = https_git_server.url_for(repo.bare)
-        create_sync(cluster, name, namespace, url, path=name, interval="10ms",
+        create_sync(cluster, name, namespace, url, path=name, interval="1s",
                     secretRef={"name": "git-auth"})  # fmt: skip
     for name in names:
         wait_condition(cluster, name, namespace, revision_sha=sha)

@@ -532,15 +532,16 @@ def test_operator_role(built: list[dict[str, Any]]) -> None:
         ("apiextensions.k8s.io", "customresourcedefinitions", "get"),
         ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
         ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
-        ("", "secrets", "get"),
-        ("", "configmaps", "get"),
         ("", "serviceaccounts", "impersonate"),
     ]
     for need in needs:
         assert _allows(role, *need), need
-    # Nothing beyond that: applying what git holds is gitferry-apply's job.
+    # Nothing beyond that: applying what git holds is gitferry-apply's job, and a
+    # sync's Secret is read as the identity the sync applies as.
     assert not _allows(role, "apps", "deployments", "create")
-    assert not _allows(role, "", "secrets", "create")
+    for verb in ("get", "list", "watch", "create"):
+        assert not _allows(role, "", "secrets", verb), verb
+        assert not _allows(role, "", "configmaps", verb), verb
 
 
 def test_apply_role_and_bindings(built: list[dict[str, Any]]) -> None:

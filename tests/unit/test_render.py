@@ -271,13 +271,116 @@ def test_objects_need_apiversion_kind_and_name(repo: Path, text: str, missing: s
     assert missing in str(e.value)
 
 
-def test_generate_name_is_refused(repo: Path) -> None:
+def test_generate_name_alone_is_refused(repo: Path) -> None:
     write(
         repo, {"job.yaml": "apiVersion: batch/v1\nkind: Job\nmetadata:\n  generateName: migrate-\n"}
     )
     with pytest.raises(
-        RenderError, match=r"^job\.yaml: document 1 \(line 1\): Job: metadata\.generateName"
+        RenderError, match=r"^job\.yaml: document 1 \(line 1\): Job: metadata\.generateName alone"
     ):
+        render(repo, ".", LIMITS)
+
+
+def test_generate_name_beside_a_name_is_ignored_as_the_api_server_does(repo: Path) -> None:
+    write(
+        repo, {"j.yaml": "apiVersion: batch/v1\nkind: Job\nmetadata: {name: m, generateName: x-}\n"}
+    )
+    [job] = render(repo, ".", LIMITS)
+    assert job.metadata == {"name": "m"}
+
+
+@pytest.mark.parametrize("field", ["labels", "annotations"])
+def test_null_label_and_annotation_maps_are_empty(repo: Path, field: str) -> None:
+    write(
+        repo, {"a.yaml": f"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n  {field}: ~\n"}
+    )
+    [m] = render(repo, ".", LIMITS)
+    assert field not in m.metadata
+
+
+@pytest.mark.parametrize(
+    ("meta", "words"),
+    [
+        ("labels: [a, b]", "ConfigMap a: metadata.labels must be a mapping of strings, got a list"),
+        ("labels: x", "metadata.labels must be a mapping of strings, got a string"),
+        (
+            "annotations: {replicas: 3}",
+            "metadata.annotations.replicas must be a string, got a number",
+        ),
+        ("labels: {on: yes}", "metadata.labels.true must be a string, got a boolean"),
+    ],
+)
+def test_wrong_metadata_shapes_name_the_file_and_field(repo: Path, meta: str, words: str) -> None:
+    write(
+        repo,
+        {"deploy/a.yaml": f"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n  {meta}\n"},
+    )
+    with pytest.raises(RenderError) as e:
+        render(repo, "deploy", LIMITS)
+    assert str(e.value).startswith("deploy/a.yaml: document 1 (line 1): ")
+    assert words in str(e.value)
+
+
+def test_a_typed_list_is_expanded_as_kubectl_does(repo: Path) -> None:
+    write(
+        repo,
+        {
+            "svc.yaml": "apiVersion: v1\nkind: ServiceList\nitems:\n"
+            "- apiVersion: v1\n  kind: Service\n  metadata: {name: a}\n"
+            "- metadata: {name: b}\n",  # kind and apiVersion come from the list
+        },
+    )
+    out = render(repo, ".", LIMITS)
+    assert [(m.api_version, m.kind, m.name) for m in out] == [
+        ("v1", "Service", "a"),
+        ("v1", "Service", "b"),
+    ]
+
+
+def test_a_custom_kind_ending_in_list_without_items_is_one_object(repo: Path) -> None:
+    write(
+        repo,
+        {"a.yaml": "apiVersion: example.com/v1\nkind: AllowList\nmetadata: {name: a}\nspec: {}\n"},
+    )
+    [m] = render(repo, ".", LIMITS)
+    assert (m.kind, m.name) == ("AllowList", "a")
+
+
+@pytest.mark.parametrize(
+    ("scalar", "value"),
+    [
+        ("1:30:00", "1:30:00"),  # YAML 1.1 base-60 in PyYAML; a string for kubectl
+        ("0777", 511),
+        ("0o17", 15),
+        ("0x1F", 31),
+        ("1e3", 1000.0),  # a string in PyYAML; a float for kubectl
+        ("1_000", 1000),
+        ("+1", 1),
+        ("-0b101", -5),
+        ("yes", True),
+        ("y", True),
+        ("off", False),
+        ("~", None),
+        ("2001-12-14", "2001-12-14"),
+        ("2001-12-14T21:59:43.10-05:00", "2001-12-14T21:59:43.10-05:00"),
+        ("'yes'", "yes"),
+        ("12abc", "12abc"),
+    ],
+)
+def test_plain_scalars_resolve_as_kubectl_resolves_them(
+    repo: Path, scalar: str, value: object
+) -> None:
+    write(
+        repo, {"a.yaml": f"apiVersion: v1\nkind: X\nmetadata: {{name: a}}\nspec: {{v: {scalar}}}\n"}
+    )
+    [m] = render(repo, ".", LIMITS)
+    got = m.obj["spec"]["v"]
+    assert got == value and type(got) is type(value)
+
+
+def test_infinity_is_refused_as_json_cannot_carry_it(repo: Path) -> None:
+    write(repo, {"a.yaml": "apiVersion: v1\nkind: X\nmetadata: {name: a}\nspec: {v: .inf}\n"})
+    with pytest.raises(RenderError, match="inf is not a number JSON can carry"):
         render(repo, ".", LIMITS)
 
 
@@ -617,7 +720,7 @@ def test_deep_nesting_is_refused_without_crashing(repo: Path, name: str) -> None
 
 def test_nesting_limit(repo: Path) -> None:
     nested = "{a: " * 30 + "1" + "}" * 30
-    write(repo, {"n.yaml": f"apiVersion: v1\nkind: X\nmetadata: {{name: n}}\nspec: {nested}\n"})
+    write(repo, {"n.yaml": f"apiVersion: v1\nkind: X\nmetadata: {{name: nest}}\nspec: {nested}\n"})
     assert len(render(repo, ".", Limits(max_depth=40))) == 1
     with pytest.raises(RenderError, match=r"^n\.yaml: line 4: nested deeper than 20 levels"):
         render(repo, ".", Limits(max_depth=20))

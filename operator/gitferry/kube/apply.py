@@ -20,10 +20,11 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 from ..deadline import Deadline
-from .client import APPLY_PATCH, Kube
+from .client import APPLY_PATCH, JSON_PATCH, Kube
 from .discovery import Discovery, Resource
 from .errors import ApplyError, KubeError
 from .kinds import NEVER_RECREATE, apply_rank, is_first_stage
+from .managedfields import takeover_patch
 from .refs import ObjRef
 
 # How the API server words "this field cannot change". Older servers reject a
@@ -59,6 +60,9 @@ class Item:
     source: str = ""
     force: bool = False  # delete and recreate on an immutable-field change
     create_only: bool = False  # created once, then left alone
+    # Adopted: take over the field ownership of people's tools first
+    # (managedfields.takeover_patch), so fields git stops setting go away.
+    take_over: bool = False
 
     @property
     def ref(self) -> ObjRef:
@@ -181,6 +185,9 @@ class Engine:
             content_type=APPLY_PATCH,
         )
 
+    def _takeover(self, it: Item, live: dict[str, Any]) -> list[dict[str, Any]] | None:
+        return takeover_patch(live, self.options.field_manager, str(it.obj.get("apiVersion")))
+
     def _recreate(self, it: Item, deadline: Deadline) -> None:
         res = self.resource_for(it.obj)
         assert res is not None
@@ -270,6 +277,8 @@ class Engine:
                 # Another controller wrote it since we read it (a Deployment's
                 # revision annotation): compare with what is there now.
                 current = self.get(it.obj, deadline) or current
+            if it.take_over and self._takeover(it, current) is not None:
+                return it, "configure", None
             if _comparable(dry) == _comparable(current):
                 return it, "unchanged", None
             return it, "configure", None
@@ -299,6 +308,14 @@ class Engine:
                     if what == "recreate":
                         self._recreate(it, deadline)
                         return Change(it.ref, Action.RECREATED, version)
+                    current = live.get(it.ref)
+                    patch = self._takeover(it, current) if it.take_over and current else None
+                    if patch is not None:
+                        res = self.resource_for(it.obj)
+                        assert res is not None  # the dry-run found it
+                        self.kube.request("PATCH", res.path(it.ref.namespace, it.ref.name),
+                                          deadline=deadline, body=patch,
+                                          content_type=JSON_PATCH)  # fmt: skip
                     self._apply(it, deadline, dry_run=False)
                 except KubeError as e:
                     raise ApplyError(f"{it.where()}: {e.message}") from None

@@ -23,6 +23,7 @@ from .errors import KubeError
 
 APPLY_PATCH = "application/apply-patch+yaml"
 MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
 
 # One API call never waits longer than this, whatever the deadline says.
 MAX_CALL_SECONDS = 30.0

@@ -18,6 +18,7 @@ from yaml.events import AliasEvent, MappingStartEvent, ScalarEvent, SequenceStar
 from yaml.nodes import MappingNode, Node, ScalarNode
 from yaml.resolver import Resolver
 
+from . import scalars
 from .errors import RenderError
 
 _TIMESTAMP = "tag:yaml.org,2002:timestamp"
@@ -40,13 +41,13 @@ class _Loader(Composer, CParser, SafeConstructor, Resolver):
     size (scalar length + 1, 1 per collection, an alias the full size of what it
     names) to a running total, refused past `budget`: a "billion laughs" stops
     after a few hundred alias events, with memory bounded. Nesting is bounded,
-    duplicate keys are refused (as kubectl does), and unquoted dates stay
-    strings (as kubectl keeps them)."""
+    duplicate keys are refused (as kubectl does), and plain scalars resolve as
+    kubectl resolves them (`scalars`: no base-60, dates stay strings)."""
 
-    yaml_implicit_resolvers = {
-        first: [(tag, rx) for tag, rx in resolvers if tag != _TIMESTAMP]
-        for first, resolvers in Resolver.yaml_implicit_resolvers.items()
-    }
+    def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
+        if kind is ScalarNode and implicit[0]:
+            return scalars.resolve_plain(value)
+        return super().resolve(kind, value, implicit)  # type: ignore[no-untyped-call]
 
     def __init__(self, text: str, budget: int, max_depth: int) -> None:
         CParser.__init__(self, text)
@@ -149,7 +150,16 @@ def _binary_as_base64(loader: Any, node: Node) -> str:
     return base64.b64encode(loader.construct_yaml_binary(node)).decode("ascii")
 
 
+def _go_scalar(loader: Any, node: Node) -> Any:
+    try:
+        return scalars.construct(node.tag, str(node.value))
+    except ValueError as e:
+        raise ComposerError(None, None, str(e), node.start_mark) from None
+
+
 _Loader.add_constructor(_TIMESTAMP, _timestamp_as_text)
+for _tag in (scalars.BOOL, scalars.NULL, scalars.INT, scalars.FLOAT):
+    _Loader.add_constructor(_tag, _go_scalar)
 _Loader.add_constructor("tag:yaml.org,2002:binary", _binary_as_base64)
 
 

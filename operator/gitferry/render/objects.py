@@ -107,6 +107,11 @@ def _key(k: Any) -> str:
 
 
 def type_name(value: Any) -> str:
+    """How a message names a JSON value's type: "a list", "a mapping", "null"."""
+    if value is None:
+        return "null"
+    if isinstance(value, dict):
+        return "a mapping"
     if isinstance(value, list):
         return "a list"
     if isinstance(value, str):
@@ -118,22 +123,38 @@ def type_name(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
+def is_list(obj: dict[str, Any]) -> bool:
+    """A list to expand: `kind: List` (as `kubectl get -o yaml` writes), or a typed
+    `<Kind>List` that has `items` (`ServiceList`). kubectl's unstructured decoder
+    treats an object as a list when it has `items`; a custom resource whose kind
+    merely ends in `List` and has no `items` stays one object."""
+    kind = obj.get("kind")
+    if kind == "List":
+        return True
+    return isinstance(kind, str) and kind.endswith("List") and obj.get("items") is not None
+
+
 def expand_lists(obj: dict[str, Any], where: str) -> Iterator[tuple[dict[str, Any], str]]:
-    """`kind: List` (as `kubectl get -o yaml` writes) becomes its items."""
-    if obj.get("kind") != "List":
+    """A list's items, each an object; anything else as it is. An item that names
+    neither apiVersion nor kind gets the list's apiVersion and the list's kind
+    without `List`, as kubectl's decoder does (apimachinery decodeToList)."""
+    if not is_list(obj):
         yield obj, where
         return
+    kind = str(obj.get("kind"))
     items = obj.get("items")
     if items is None:
         return
     if not isinstance(items, list):
-        raise ContentError(f"{where}: List items must be a list")
+        raise ContentError(f"{where}: {kind} items must be a list")
     for i, item in enumerate(items, 1):
         if item is None:
             continue
-        item_where = f"{where}, List item {i}"
+        item_where = f"{where}, {kind} item {i}"
         if not isinstance(item, dict):
             raise ContentError(f"{item_where}: expected an object, got {type_name(item)}")
+        if kind != "List" and "kind" not in item and "apiVersion" not in item:
+            item = {"apiVersion": obj.get("apiVersion"), "kind": kind[: -len("List")], **item}
         yield from expand_lists(item, item_where)
 
 
@@ -153,12 +174,14 @@ def check_object(obj: dict[str, Any]) -> None:
         raise ContentError(f"{label} has no metadata.name")
     if not isinstance(meta, dict):
         raise ContentError(f"{label}: metadata must be a mapping")
-    if "generateName" in meta:
+    name = meta.get("name")
+    if "generateName" in meta and (name is None or name == ""):
         raise ContentError(
-            f"{label}: metadata.generateName is not supported; set metadata.name "
+            f"{label}: metadata.generateName alone is not supported; set metadata.name "
             "(gitferry updates and prunes objects by name)"
         )
-    name = meta.get("name")
+    # Beside a name, generateName is ignored, as the API server ignores it.
+    meta.pop("generateName", None)
     if name is None or name == "":
         raise ContentError(f"{label} has no metadata.name")
     if not isinstance(name, str):
@@ -168,6 +191,27 @@ def check_object(obj: dict[str, Any]) -> None:
         meta.pop("namespace", None)
     elif not isinstance(namespace, str):
         raise ContentError(f"{label}: metadata.namespace must be a string")
+    for field in ("labels", "annotations"):
+        _check_string_map(meta, field, label)
+
+
+def _check_string_map(meta: dict[str, Any], field: str, label: str) -> None:
+    """metadata.labels/annotations: null is empty (as kubectl reads it); anything
+    but a mapping of strings is refused naming the field (kubectl refuses too)."""
+    value = meta.get(field)
+    if value is None:
+        meta.pop(field, None)
+        return
+    if not isinstance(value, dict):
+        raise ContentError(
+            f"{label}: metadata.{field} must be a mapping of strings, got {type_name(value)}"
+        )
+    for key, item in value.items():
+        if not isinstance(item, str):
+            raise ContentError(
+                f"{label}: metadata.{field}.{key} must be a string, got {type_name(item)} "
+                "(quote the value)"
+            )
 
 
 def clean(obj: dict[str, Any]) -> None:
