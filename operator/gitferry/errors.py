@@ -21,7 +21,15 @@ from .constants import Reason
 from .deadline import DeadlineExceeded
 from .kube import ApplyError, KubeError
 from .render import PathError, RenderError
-from .source import AuthError, FetchError, InvalidRef, InvalidURL, RevisionMissing, SourceError
+from .source import (
+    AuthError,
+    FetchError,
+    InvalidRef,
+    InvalidURL,
+    RevisionMissing,
+    SourceBusy,
+    SourceError,
+)
 
 log = logging.getLogger("gitferry.errors")
 
@@ -110,6 +118,11 @@ class InternalError(SyncError):
     reason = Reason.RECONCILIATION_FAILED
 
 
+class Deferred(Exception):  # noqa: N818 - a state, not a failure
+    """The stage cannot start now without holding a thread (another fetch of the
+    same repository or host is in flight): retry in a moment, write nothing."""
+
+
 class ShuttingDown(Exception):  # noqa: N818 - a state, not a failure
     """The operator is stopping: the reconcile ends at a stage boundary and
     writes nothing (no status, no Event, no prune); the next start redoes it."""
@@ -195,6 +208,8 @@ def in_stage(stage: Stage, timeout: float | None = None) -> Iterator[None]:
         yield
     except ShuttingDown:
         raise
+    except SourceBusy as e:
+        raise Deferred(str(e)) from e
     except Exception as e:
         error = classify(stage, e, timeout)
         if isinstance(error, InternalError):

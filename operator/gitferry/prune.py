@@ -56,12 +56,15 @@ class PruneResult:
         return [e for e, _ in self.failed] + [e for e, _ in self.deferred]
 
 
-def release_patch(rv: str | None, keep_claim: bool = True) -> dict[str, Any]:
+def release_patch(
+    rv: str | None, keep_claim: bool = True, keep_adopted: bool = False
+) -> dict[str, Any]:
     """A targeted merge patch that removes gitferry's ownership marks only (an
-    empty server-side apply would strip every field gitferry manages)."""
+    empty server-side apply would strip every field gitferry manages). A hand-over
+    keeps the adopted mark: the object existed before gitferry, whoever owns it."""
     meta: dict[str, Any] = {
         "labels": {LABEL_SYNC_NAME: None, LABEL_SYNC_NAMESPACE: None, LABEL_PART_OF: None},
-        "annotations": {ANNOTATION_ADOPTED: None},
+        "annotations": {} if keep_adopted else {ANNOTATION_ADOPTED: None},
     }
     if not keep_claim:
         meta["annotations"][ANNOTATION_CLAIM] = None
@@ -142,7 +145,7 @@ class Pruner:
             return
         claimant = claim_of(live)
         if claimant and claimant != self.me and self.can_hand_over(claimant, ref):
-            self._patch(path, release_patch(rv), deadline)
+            self._patch(path, release_patch(rv, keep_adopted=True), deadline)
             result.handed_over.append((ref, claimant))
             return
         if (meta.get("annotations") or {}).get(ANNOTATION_PRUNE) == DISABLED:

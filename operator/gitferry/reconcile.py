@@ -47,6 +47,7 @@ from .context import Context
 from .deadline import Deadline
 from .errors import (
     AuthenticationFailed,
+    Deferred,
     InternalError,
     InvalidSpec,
     OwnershipConflict,
@@ -76,6 +77,10 @@ from .render import Manifest, assign_namespaces, render
 from .source import Checkout, GitCredentials
 
 log = logging.getLogger("gitferry.reconcile")
+
+# An answer of git this young (seconds) is good enough for a retry: it was asked
+# while this sync waited for the same repository.
+SHARED_ANSWER_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -163,6 +168,9 @@ def _reconcile(ctx: Context, key: SyncKey) -> Result:
                 run.write(status.suspended())
             return Result(True, _jitter(sync.spec.interval, ctx.settings.interval_jitter))
         summary = _pipeline(run, sync)
+    except Deferred as e:  # nothing asked, nothing written: try again in a moment
+        log.info("sync=%s action=reconcile result=deferred why=%s", run.key, e)
+        return Result(True, random.uniform(1.0, 3.0))
     except ShuttingDown as e:  # nothing is written: the next start redoes this reconcile
         log.info("sync=%s action=reconcile result=stopped why=%s", run.key, e)
         return Result(True, 3600.0)
@@ -301,7 +309,18 @@ def _fetch(run: Run, sync: Sync, spec_changed: bool, deadline: Deadline) -> Chec
     failing = run.status.ready != "True"
     max_age = 0.0 if spec_changed or asked or failing else sync.spec.interval
     creds = _credentials(run.ctx, sync, deadline)
-    checkout = run.ctx.source.fetch(sync.spec.url, sync.spec.ref, creds, deadline, max_age=max_age)
+    fresh = spec_changed or asked  # a person is waiting: ask git, whatever others just heard
+    checkout = run.ctx.source.fetch(
+        sync.spec.url,
+        sync.spec.ref,
+        creds,
+        deadline,
+        max_age=max_age,
+        # A retry shares what another sync of the repository heard in the last
+        # seconds (success or failure) instead of asking again.
+        shared_age=0.0 if fresh else SHARED_ANSWER_SECONDS,
+        reuse_failure=not fresh,
+    )
     log.info(
         "sync=%s revision=%s action=fetch duration_ms=%d", sync.key, checkout.revision, run.ms()
     )

@@ -44,6 +44,8 @@ class Runtime:
                 max_cache_bytes=settings.max_cache_bytes,
                 max_repo_bytes=settings.max_repo_bytes,
                 fetch_timeout=settings.fetch_timeout,
+                max_fetches_per_host=settings.max_fetches_per_host,
+                failure_ttl=settings.git_failure_ttl,
             )
         )
         ctx = Context(

@@ -66,8 +66,13 @@ class Settings:
     limits: Limits = field(default_factory=Limits)
     fetch_timeout: float = 60.0
     max_repo_bytes: int = 500 * MiB
-    max_cache_bytes: int = 2048 * MiB
+    # Half the cache volume's 2Gi sizeLimit (manifests/deployment.yaml): a mirror
+    # and a tree of one repository at max_repo_bytes each still fit, and the
+    # kubelet never evicts the pod for its emptyDir.
+    max_cache_bytes: int = 1024 * MiB
     max_concurrent_fetches: int = 4
+    max_fetches_per_host: int = 2
+    git_failure_ttl: float = 30.0
     # Test hook: exit hard between apply and prune (proves the inventory is crash-safe).
     crash_before_prune: bool = False
 
@@ -93,6 +98,8 @@ class Settings:
             ),
             fetch_timeout=_float("GITFERRY_FETCH_TIMEOUT", 60.0, 1.0),
             max_repo_bytes=_int("GITFERRY_MAX_REPO_BYTES", 500 * MiB),
-            max_cache_bytes=_int("GITFERRY_MAX_CACHE_BYTES", 2048 * MiB),
+            max_cache_bytes=_int("GITFERRY_MAX_CACHE_BYTES", 1024 * MiB),
             max_concurrent_fetches=_int("GITFERRY_MAX_CONCURRENT_FETCHES", 4),
+            max_fetches_per_host=_int("GITFERRY_MAX_FETCHES_PER_HOST", 2),
+            git_failure_ttl=_float("GITFERRY_GIT_FAILURE_TTL", 30.0, 0.0),
         )

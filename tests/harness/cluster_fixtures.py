@@ -1,21 +1,33 @@
 """Pytest fixtures for a real cluster and a real gitferry operator.
 
-`cluster` picks, in order: the kubeconfig named by GITFERRY_TEST_KUBECONFIG; kind
-through pytest-kind when `docker info` succeeds; else the local control plane
-that this project builds and starts itself (tests/harness/controlplane.py).
+`cluster` is the local control plane that this project builds and starts itself
+(tests/harness/controlplane.py), whether or not Docker runs, unless the
+environment asks for another one (`choose_cluster`):
+
+- GITFERRY_TEST_KUBECONFIG=<path>: the cluster that kubeconfig names, as it is.
+- GITFERRY_TEST_CLUSTER=kind: a new kind cluster, deleted at the end. kind is
+  built from the Go module proxy (hack/kind/build.sh, cached outside the repo);
+  the node image is GITFERRY_KIND_NODE_IMAGE or the newest kindest/node image
+  already present in the local Docker. Nothing is ever pulled.
+- GITFERRY_TEST_CLUSTER=local: the default, said explicitly.
+
+Anything that cannot be honoured (an unknown value, both variables at once, no
+Docker, no node image, a failed build or create) ends the run with one line
+saying what is missing and how to fix it, never with a silent fallback.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,35 +137,218 @@ def _epoch(stamp: str) -> float:
         return 0.0
 
 
-def _docker_available() -> bool:
+# --- which cluster -----------------------------------------------------------
+KUBECONFIG_ENV = "GITFERRY_TEST_KUBECONFIG"
+CLUSTER_ENV = "GITFERRY_TEST_CLUSTER"
+NODE_IMAGE_ENV = "GITFERRY_KIND_NODE_IMAGE"
+KIND_BUILD_SCRIPT = REPO / "hack" / "kind" / "build.sh"
+NODE_IMAGE_REPOSITORY = "kindest/node"
+
+
+@dataclass(frozen=True)
+class LocalControlPlane:
+    """The control plane this project builds (the default)."""
+
+
+@dataclass(frozen=True)
+class GivenKubeconfig:
+    """An existing cluster, used as it is."""
+
+    path: Path
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A kind cluster created for this run; node_image None = one present locally."""
+
+    node_image: str | None = None
+
+
+ClusterChoice = LocalControlPlane | GivenKubeconfig | Kind
+
+
+class ClusterChoiceError(Exception):
+    """The environment asks for a cluster this run cannot provide; one line."""
+
+
+def choose_cluster(env: Mapping[str, str]) -> ClusterChoice:
+    """The cluster the environment asks for. An empty variable counts as unset."""
+    kubeconfig = env.get(KUBECONFIG_ENV, "").strip()
+    wanted = env.get(CLUSTER_ENV, "").strip()
+    node_image = env.get(NODE_IMAGE_ENV, "").strip()
+    if kubeconfig and wanted:
+        raise ClusterChoiceError(
+            f"{KUBECONFIG_ENV} and {CLUSTER_ENV}={wanted} are both set; set only one of them"
+        )
+    if node_image and wanted != "kind":
+        raise ClusterChoiceError(
+            f"{NODE_IMAGE_ENV} is set but {CLUSTER_ENV} is not kind; "
+            f"set {CLUSTER_ENV}=kind to use it, or unset {NODE_IMAGE_ENV}"
+        )
+    if kubeconfig:
+        return GivenKubeconfig(Path(kubeconfig).expanduser())
+    if wanted in ("", "local"):
+        return LocalControlPlane()
+    if wanted == "kind":
+        return Kind(node_image or None)
+    raise ClusterChoiceError(
+        f"{CLUSTER_ENV}={wanted!r} is not a cluster this suite knows; "
+        f"use {CLUSTER_ENV}=kind, {CLUSTER_ENV}=local (the default), "
+        f"or {KUBECONFIG_ENV}=<path> for an existing cluster"
+    )
+
+
+def _version_key(image: str) -> tuple[int, ...]:
+    tag = image.rpartition(":")[2]
+    return tuple(int(n) for n in re.findall(r"\d+", tag)) if tag.startswith("v") else ()
+
+
+def pick_node_image(listed: Iterable[str]) -> str | None:
+    """The newest tagged `kindest/node:<tag>` among `docker image ls` lines, if any."""
+    images = [
+        line.strip()
+        for line in listed
+        if line.strip().startswith(f"{NODE_IMAGE_REPOSITORY}:")
+        and not line.strip().endswith(":<none>")
+    ]
+    return max(images, key=_version_key, default=None)
+
+
+def _kind_version() -> str:
+    found = re.search(r"^KIND_VERSION=(\S+)$", KIND_BUILD_SCRIPT.read_text(), re.M)
+    return found.group(1) if found else "(unknown)"
+
+
+def _last_line(text: str) -> str:
+    """The line of a command's output that says why it failed."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for prefix in ("Command Output:", "ERROR:"):  # kind names the failing step so
+        found = next((line for line in lines if line.startswith(prefix)), None)
+        if found:
+            return found.removeprefix(prefix).strip()[:300]
+    return lines[-1][:300] if lines else "no output"
+
+
+def _run(argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """argv's outcome, a timeout included; never raises for a failed command."""
+    # kind would fall back to podman when it finds no Docker; the checks here are Docker's.
+    env = {**os.environ, "KIND_EXPERIMENTAL_PROVIDER": "docker"}
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return subprocess.CompletedProcess(argv, 124, "", f"timed out after {timeout:.0f}s")
+
+
+def _kind_node_image(choice: Kind) -> str:
+    """The node image to boot, after checking that Docker runs and holds it."""
     if not shutil.which("docker"):
-        return False
-    return subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode == 0
+        raise ClusterChoiceError(
+            f"{CLUSTER_ENV}=kind needs Docker and `docker` is not installed; install it, "
+            f"or unset {CLUSTER_ENV} to use the local control plane (no Docker needed)"
+        )
+    info = _run(["docker", "info", "--format", "{{.ServerVersion}}"])
+    if info.returncode != 0:
+        raise ClusterChoiceError(
+            f"{CLUSTER_ENV}=kind needs a running Docker daemon (`docker info`: "
+            f"{_last_line(info.stderr)}); start it, or unset {CLUSTER_ENV} to use the "
+            "local control plane"
+        )
+    if choice.node_image:
+        if _run(["docker", "image", "inspect", choice.node_image]).returncode != 0:
+            raise ClusterChoiceError(
+                f"{NODE_IMAGE_ENV}={choice.node_image} is not in the local Docker and "
+                f"images are never pulled; `docker pull` or `docker load` it first"
+            )
+        return choice.node_image
+    listed = _run(
+        ["docker", "image", "ls", NODE_IMAGE_REPOSITORY, "--format", "{{.Repository}}:{{.Tag}}"]
+    )
+    image = pick_node_image(listed.stdout.splitlines()) if listed.returncode == 0 else None
+    if image is None:
+        raise ClusterChoiceError(
+            f"{CLUSTER_ENV}=kind needs a {NODE_IMAGE_REPOSITORY} image in the local Docker and "
+            f"there is none (images are never pulled); `docker pull` or `docker load` one "
+            f"that kind {_kind_version()} supports, or set {NODE_IMAGE_ENV}=<image>"
+        )
+    return image
+
+
+def _kind_binary() -> str:
+    """hack/kind/build.sh: the cached kind binary, built from the Go module proxy if missing."""
+    build = _run(["bash", str(KIND_BUILD_SCRIPT)], timeout=900)
+    if build.returncode != 0:
+        raise ClusterChoiceError(
+            f"building kind {_kind_version()} from the Go module proxy failed "
+            f"({_last_line(build.stderr)}); run `bash hack/kind/build.sh` to see why"
+        )
+    return build.stdout.strip().splitlines()[-1]
+
+
+@dataclass
+class KindCluster:
+    """A kind cluster this run created, and only that one: it has a fresh name."""
+
+    binary: str
+    name: str
+    kubeconfig: Path
+
+    @classmethod
+    def create(cls, choice: Kind, workdir: Path) -> KindCluster:
+        image = _kind_node_image(choice)
+        kind = cls(_kind_binary(), f"gitferry-test-{secrets.token_hex(3)}", workdir / "kubeconfig")
+        created = _run(
+            [
+                kind.binary, "create", "cluster", "--name", kind.name, "--image", image,
+                "--kubeconfig", str(kind.kubeconfig), "--wait", "180s",
+            ],
+            timeout=600,
+        )  # fmt: skip
+        if created.returncode != 0:
+            kind.delete()  # kind cleans up after itself; this makes sure
+            log = workdir / "kind-create.log"
+            log.write_text(created.stdout + created.stderr)
+            raise ClusterChoiceError(
+                f"`kind create cluster --image {image}` failed "
+                f"({_last_line(created.stderr)}; all of it in {log}); fix that, or unset "
+                f"{CLUSTER_ENV} to use the local control plane"
+            )
+        return kind
+
+    def delete(self) -> None:
+        deleted = _run([self.binary, "delete", "cluster", "--name", self.name], timeout=300)
+        if deleted.returncode != 0:
+            raise AssertionError(
+                f"kind cluster {self.name} was not deleted ({_last_line(deleted.stderr)}); "
+                f"`kind delete cluster --name {self.name}` removes it"
+            )
+
+
+def _start(
+    choice: ClusterChoice, tmp: pytest.TempPathFactory
+) -> tuple[Cluster, Callable[[], None]]:
+    """The chosen cluster, running, and what stops it."""
+    if isinstance(choice, GivenKubeconfig):
+        if not choice.path.is_file():
+            raise ClusterChoiceError(f"{KUBECONFIG_ENV}={choice.path}: no such file")
+        return Cluster(choice.path), lambda: None
+    if isinstance(choice, Kind):
+        kind = KindCluster.create(choice, tmp.mktemp("kind"))
+        return Cluster(kind.kubeconfig), kind.delete
+    cp = ControlPlane.start(tmp.mktemp("controlplane"))
+    return Cluster(cp.kubeconfig, control_plane=cp), cp.stop
 
 
 @pytest.fixture(scope="session")
-def cluster(
-    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
-) -> Iterator[Cluster]:
-    given = os.environ.get("GITFERRY_TEST_KUBECONFIG")
-    if given:
-        yield Cluster(Path(given))
-        return
-    if _docker_available():
-        from pytest_kind import KindCluster  # type: ignore[import-untyped]
-
-        kind = KindCluster("gitferry-test")
-        kind.create()
-        try:
-            yield Cluster(Path(kind.kubeconfig_path))
-        finally:
-            kind.delete()
-        return
-    cp = ControlPlane.start(tmp_path_factory.mktemp("controlplane"))
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     try:
-        yield Cluster(cp.kubeconfig, control_plane=cp)
+        started, stop = _start(choose_cluster(os.environ), tmp_path_factory)
+    except ClusterChoiceError as e:
+        # One line for the whole run, not a traceback repeated for every test.
+        pytest.exit(str(e), returncode=pytest.ExitCode.USAGE_ERROR)
+    try:
+        yield started
     finally:
-        cp.stop()
+        stop()
 
 
 @pytest.fixture(scope="session")
@@ -212,6 +407,8 @@ class Operator:
             "GITFERRY_ALLOW_FILE_URLS": "true",
             "GITFERRY_CACHE_DIR": str(self.workdir / "cache"),
             "PYTHONUNBUFFERED": "1",
+            # This checkout's code, whatever else the venv has installed.
+            "PYTHONPATH": str(REPO / "operator"),
             **self.env,
         }
         log = self.log_path.open("ab")

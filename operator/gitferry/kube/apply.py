@@ -277,6 +277,7 @@ class Engine:
                 # Another controller wrote it since we read it (a Deployment's
                 # revision annotation): compare with what is there now.
                 current = self.get(it.obj, deadline) or current
+                live[it.ref] = current  # the take-over patch tests this resourceVersion
             if it.take_over and self._takeover(it, current) is not None:
                 return it, "configure", None
             if _comparable(dry) == _comparable(current):

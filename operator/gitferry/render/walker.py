@@ -81,7 +81,10 @@ class Renderer:
                 if entry.name.startswith("."):
                     continue  # .git, .github, dot-files
                 p = directory / entry.name
-                is_dir = entry.is_dir()
+                try:
+                    is_dir = entry.is_dir()
+                except OSError:  # a symlink loop: not a directory; the link check names it
+                    is_dir = False
                 if any(i.matches(p, is_dir) for i in ignores):
                     continue
                 if entry.is_symlink():
@@ -129,7 +132,13 @@ class Renderer:
                 self._check_link(f)
             source = rel(self.root, f)
             text = decode(read_bounded(f, source, self.limits.max_file_bytes), source)
-            out.append(_Ignore(base, pathspec.GitIgnoreSpec.from_lines(text.splitlines())))
+            lines = text.splitlines()
+            for n, line in enumerate(lines, 1):
+                try:
+                    pathspec.GitIgnoreSpec.from_lines([line])
+                except ValueError as e:  # pathspec's GitIgnorePatternError
+                    raise RenderError(f"{source}: line {n}: not a gitignore pattern: {e}") from None
+            out.append(_Ignore(base, pathspec.GitIgnoreSpec.from_lines(lines)))
         return out
 
     def _load_file(self, path: Path, source: str) -> None:

@@ -9,7 +9,15 @@ A library: it knows nothing of GitRepositorySync and raises plain errors
 from __future__ import annotations
 
 from .credentials import GitCredentials
-from .errors import AuthError, FetchError, InvalidRef, InvalidURL, RevisionMissing, SourceError
+from .errors import (
+    AuthError,
+    FetchError,
+    InvalidRef,
+    InvalidURL,
+    RevisionMissing,
+    SourceBusy,
+    SourceError,
+)
 from .fetcher import Checkout, GitSource, SourceSettings
 from .refs import GitRef, validate_ref
 from .urls import parse_url, redact_url
@@ -24,6 +32,7 @@ __all__ = [
     "InvalidRef",
     "InvalidURL",
     "RevisionMissing",
+    "SourceBusy",
     "SourceError",
     "SourceSettings",
     "parse_url",

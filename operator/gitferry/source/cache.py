@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..deadline import DeadlineExceeded
+from .errors import SourceError
 from .refs import RefsAnswer
 
 INSTANCE_PREFIX = "gitferry-"
@@ -47,6 +48,10 @@ class Mirror:
     commits: set[str] = field(default_factory=set)  # commits known to be in the mirror
     size: int = 0
     fresh_size: int = 0  # size after the first fetch into an empty mirror
+    # The last failed ask of the remote and when (time.monotonic()): shared by
+    # every sync of this mirror for a short while instead of each asking again.
+    failure: SourceError | None = None
+    failed_at: float = 0.0
     last_used: float = 0.0
     removed: bool = False  # evicted: a thread that waited for the lock must look again
 
@@ -83,7 +88,8 @@ class DiskCache:
     # --- mirrors ------------------------------------------------------------
     @contextlib.contextmanager
     def locked_mirror(self, key: str, timeout: float) -> Iterator[Mirror]:
-        """The mirror for `key`, its lock held: concurrent syncs of one repo take turns."""
+        """The mirror for `key`, its lock held: concurrent syncs of one repo take turns.
+        Raises DeadlineExceeded after `timeout` seconds of waiting."""
         waited_until = time.monotonic() + timeout
         while True:
             with self._lock:

@@ -16,7 +16,17 @@ class SourceError(Exception):
 
 
 class FetchError(SourceError):
-    """git could not reach or read the remote (network, server, size limit)."""
+    """git could not reach or read the remote (network, server, size limit).
+    `timed_out`: git ran past its time, so the host may not be answering at all."""
+
+    def __init__(self, message: str, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
+
+
+class SourceBusy(SourceError):
+    """Another fetch of the same repository or host is in flight and the slots are
+    taken: nothing was asked; try again in a moment (its answer will be shared)."""
 
 
 class AuthError(SourceError):

@@ -22,7 +22,7 @@ from pathlib import Path
 from ..deadline import Deadline, DeadlineExceeded
 from .cache import DiskCache, Mirror
 from .credentials import GitCredentials, check_credentials
-from .errors import FetchError, RevisionMissing, SourceError
+from .errors import FetchError, RevisionMissing, SourceBusy, SourceError
 from .refs import GitRef, RefsAnswer, Resolved, Want, parse_ls_remote, resolve, want_of
 from .runner import GitSession, RunnerSettings
 from .urls import parse_url
@@ -44,6 +44,17 @@ class SourceSettings:
     max_cache_bytes: int = 2 * GIB
     max_repo_bytes: int = 500 * MIB
     fetch_timeout: float = 60.0
+    # git network operations at once against one host: a host that accepts
+    # connections and never answers holds at most this many threads.
+    max_fetches_per_host: int = 2
+    # Files one checked-out commit may hold (each costs an inode on the cache volume).
+    max_tree_entries: int = 200_000
+    # A failed ask of a remote is shared for this long (seconds) by every sync of
+    # that repository, and a timed-out host's other repositories too.
+    failure_ttl: float = 30.0
+    # How long (seconds) a fetch waits for a busy repository, host or fetch slot
+    # before it gives its thread back (SourceBusy) and the caller retries later.
+    busy_wait: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -60,6 +71,9 @@ class GitSource:
         self.settings = settings
         self._cache = DiskCache(settings.cache_dir, settings.max_cache_bytes)
         self._fetch_slots = threading.BoundedSemaphore(max(1, settings.max_concurrent_fetches))
+        self._hosts_lock = threading.Lock()
+        self._host_slots: dict[str, threading.BoundedSemaphore] = {}
+        self._host_failures: dict[str, tuple[float, FetchError]] = {}
         self._git = shutil.which("git") or "git"
         self._runner = RunnerSettings(settings.allow_file_urls, settings.fetch_timeout)
 
@@ -74,12 +88,20 @@ class GitSource:
         credentials: GitCredentials | None,
         deadline: Deadline,
         max_age: float,
+        shared_age: float = 0.0,
+        reuse_failure: bool = False,
     ) -> Checkout:
         """The files of the revision `ref` names at `url`.
 
-        The remote is asked about refs at most once per `max_age` seconds per mirror;
-        a commit already in the mirror is not fetched again.
-        """
+        The remote is asked about refs at most once per max(`max_age`,
+        `shared_age`) seconds per mirror (`shared_age`: an answer another caller
+        got while this one waited is good enough); a commit already in the mirror
+        is not fetched again. With `reuse_failure`, a failure of this repository,
+        or a timeout of its host, in the last `failure_ttl` seconds is raised
+        again instead of asking.
+
+        Raises SourceError kinds, SourceBusy (nothing asked: retry shortly) or
+        DeadlineExceeded."""
         parsed = parse_url(url, self.settings.allow_file_urls)
         want = want_of(ref)
         creds = credentials or GitCredentials()
@@ -89,11 +111,47 @@ class GitSource:
         session = GitSession(
             self._git, self._runner, self._cache.home, self._cache.tmp_dir, parsed, creds, deadline
         )
+        wait = min(self.settings.busy_wait, deadline.remaining(STAGE))
         try:
-            with self._cache.locked_mirror(key, deadline.remaining(STAGE)) as mirror:
-                return self._fetch_locked(mirror, session, want, deadline, max_age)
+            with self._cache.locked_mirror(key, wait) as mirror:
+                if reuse_failure:
+                    self._remembered_failure(mirror, parsed.host)
+                try:
+                    return self._fetch_locked(
+                        mirror, session, want, deadline, max(max_age, shared_age)
+                    )
+                except FetchError as e:
+                    self._remember(mirror, parsed.host, e)
+                    raise
+        except DeadlineExceeded:
+            if deadline.at - time.monotonic() <= 0:
+                raise
+            raise SourceBusy(
+                f"another fetch of {session.url.url} is in flight; its answer will be shared"
+            ) from None
         finally:
             session.close()
+
+    def _remembered_failure(self, mirror: Mirror, host: str) -> None:
+        """Re-raise a recent failure of this repository, or a recent timeout of its
+        host, instead of asking again."""
+        now = time.monotonic()
+        ttl = self.settings.failure_ttl
+        if mirror.failure is not None and now - mirror.failed_at < ttl:
+            raise mirror.failure
+        with self._hosts_lock:
+            host_failure = self._host_failures.get(host)
+        if host and host_failure is not None and now - host_failure[0] < ttl:
+            raise FetchError(
+                f"{host} is not answering (asked again after {ttl:g}s): {host_failure[1]}",
+                timed_out=True,
+            )
+
+    def _remember(self, mirror: Mirror, host: str, error: FetchError) -> None:
+        mirror.failure, mirror.failed_at = error, time.monotonic()
+        if error.timed_out and host:
+            with self._hosts_lock:
+                self._host_failures[host] = (mirror.failed_at, error)
 
     def close(self) -> None:
         """Remove everything this source wrote under cache_dir."""
@@ -154,14 +212,18 @@ class GitSource:
         return Checkout(path=tree, commit=commit, revision=revision)
 
     def _remote_refs(
-        self, mirror: Mirror, session: GitSession, deadline: Deadline, max_age: float
+        self,
+        mirror: Mirror,
+        session: GitSession,
+        deadline: Deadline,
+        max_age: float,
     ) -> RefsAnswer:
         """The remote's refs, asked at most once per max_age (per mirror)."""
         answer = mirror.refs
         if answer is not None and time.monotonic() - answer.at < max_age:
             return answer
         self._ensure_initialised(mirror, session)  # ls-remote runs in it: no repo discovery
-        with self._fetch_slot(deadline):
+        with self._fetch_slot(session, deadline):
             out = session.run(
                 ["ls-remote", "--symref", "--", session.url.url],
                 action="ls-remote",
@@ -244,7 +306,7 @@ class GitSource:
             session.url.url,
             f"+{source}:{target}",
         ]
-        with self._fetch_slot(deadline):
+        with self._fetch_slot(session, deadline):
             try:
                 session.run(args, action="fetch", git_dir=mirror.path, wanted=wanted)
             except SourceError:
@@ -285,6 +347,7 @@ class GitSource:
 
         read-tree + checkout-index, not `git archive`: archive applies export-ignore
         and export-subst, so its files can differ from the commit's."""
+        self._check_tree_size(mirror, session, commit)
         scratch = self._cache.scratch_dir()
         try:
             work = scratch / "tree"
@@ -306,12 +369,58 @@ class GitSource:
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
+    def _check_tree_size(self, mirror: Mirror, session: GitSession, commit: str) -> None:
+        """FetchError before anything is written when the commit's files add up to
+        more than max_repo_bytes or max_tree_entries: the mirror's limit counts
+        compressed objects, and 100 MiB of zeros compress to almost nothing."""
+        out = session.run(
+            ["ls-tree", "-r", "-l", "-z", "--full-tree", commit],
+            action="ls-tree",
+            git_dir=mirror.path,
+        )
+        total = entries = 0
+        for record in out.split("\0"):
+            if not record:
+                continue
+            entries += 1
+            size = record.split("\t", 1)[0].split()[-1]
+            total += int(size) if size.isdigit() else 0
+        limit = self.settings.max_repo_bytes
+        if total > limit or entries > self.settings.max_tree_entries:
+            raise FetchError(
+                f"commit {commit} of {session.url.url} holds {entries} files of "
+                f"{total / MIB:.1f} MiB, over the limit of {limit / MIB:.1f} MiB and "
+                f"{self.settings.max_tree_entries} files for one repository's checkout"
+            )
+
     @contextlib.contextmanager
-    def _fetch_slot(self, deadline: Deadline) -> Iterator[None]:
-        """One of max_concurrent_fetches network operations across all mirrors."""
-        if not self._fetch_slots.acquire(timeout=deadline.remaining(STAGE)):
-            raise DeadlineExceeded("fetch, waiting for a fetch slot")
+    def _fetch_slot(self, session: GitSession, deadline: Deadline) -> Iterator[None]:
+        """One of max_fetches_per_host network operations against the URL's host,
+        and one of max_concurrent_fetches across all hosts. Waits at most
+        busy_wait seconds for each, then raises SourceBusy: a thread never sits
+        behind a host that does not answer."""
+        host = session.url.host
+        with self._hosts_lock:
+            slots = self._host_slots.get(host)
+            if slots is None:
+                slots = self._host_slots[host] = threading.BoundedSemaphore(
+                    max(1, self.settings.max_fetches_per_host)
+                )
+        # A busy host's slot is not worth waiting for: its holders may sit for
+        # the whole fetch timeout. The fetch slots turn over quickly.
+        if not slots.acquire(timeout=min(0.1, deadline.remaining(STAGE))):
+            raise SourceBusy(
+                f"{self.settings.max_fetches_per_host} fetches from {host or 'this host'} are in flight"
+            )
         try:
-            yield
+            wait = min(self.settings.busy_wait, deadline.remaining(STAGE))
+            if not self._fetch_slots.acquire(timeout=wait):
+                raise SourceBusy(
+                    f"all {self.settings.max_concurrent_fetches} fetch slots are taken"
+                )
+            try:
+                yield
+            finally:
+                self._fetch_slots.release()
         finally:
-            self._fetch_slots.release()
+            slots.release()

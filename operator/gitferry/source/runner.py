@@ -220,7 +220,7 @@ class GitSession:
             if remaining <= fetch_timeout:
                 raise DeadlineExceeded(f"fetch (git {action} {self.url.url})") from None
             raise FetchError(
-                f"git {action} {self.url.url} timed out after {t.seconds:.0f}s"
+                f"git {action} {self.url.url} timed out after {t.seconds:.0f}s", timed_out=True
             ) from None
         if code != 0:
             if self._tmp is not None:  # "Load key identity", not a temporary path
