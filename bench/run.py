@@ -511,6 +511,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="gitferry-bench-") as tmp:
         m, cp_start, phases, rss_before, rss_peak = run(Path(tmp))
     text = report(m, cp_start, phases, rss_before, rss_peak)
+    from bench.render_memory import measure  # rendering, beside kubectl kustomize
+
+    text += "\n" + measure() + "\n"
     (REPO / "BENCHMARKS.md").write_text(text)
     print()
     print(f"control plane start: {cp_start:.1f} s; peak RSS {rss_peak:.0f} MiB")

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .api import InventoryEntry, Sync, SyncKey, SyncStatus, sync_path
-from .deadline import Deadline
+from .deadline import Deadline, DeadlineExceeded
 from .errors import ShuttingDown
 from .events import EventRecorder
 from .kube import Discovery, Kube, KubeError, ObjRef
@@ -34,8 +34,24 @@ class Context:
     # Containers already reported as kept for what git declares inside them.
     _deferred: dict[SyncKey, frozenset[str]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    # Renders running at once (settings.max_concurrent_renders): bounds memory.
+    _render_slots: threading.BoundedSemaphore | None = None
     # Set when the operator begins to stop: no stage starts after it.
     stopping: threading.Event = field(default_factory=threading.Event)
+
+    def render_slot(self, deadline: Deadline) -> threading.BoundedSemaphore:
+        """One of max_concurrent_renders, acquired (release it); DeadlineExceeded
+        when none frees up in time."""
+        with self._lock:
+            if self._render_slots is None:
+                self._render_slots = threading.BoundedSemaphore(
+                    self.settings.max_concurrent_renders
+                )
+            slots = self._render_slots
+        if not slots.acquire(timeout=deadline.remaining("render, waiting for a render slot")):
+            deadline.remaining("render, waiting for a render slot")
+            raise DeadlineExceeded("render, waiting for a render slot")
+        return slots
 
     def check_running(self, stage: str) -> None:
         """Raise ShuttingDown before `stage` once the operator is stopping."""

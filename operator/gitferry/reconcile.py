@@ -329,7 +329,11 @@ def _fetch(run: Run, sync: Sync, spec_changed: bool, deadline: Deadline) -> Chec
 
 
 def _render(run: Run, sync: Sync, checkout: Checkout, deadline: Deadline) -> list[Manifest]:
-    manifests = render(checkout.path, sync.spec.path, run.ctx.settings.limits, deadline)
+    slot = run.ctx.render_slot(deadline)
+    try:
+        manifests = render(checkout.path, sync.spec.path, run.ctx.settings.limits, deadline)
+    finally:
+        slot.release()
     if any(run.ctx.discovery.is_namespaced(m.group, m.kind) is None for m in manifests):
         run.ctx.discovery.refresh(deadline)  # a CRD installed since the last look
     default_ns = sync.spec.target_namespace or sync.key.namespace

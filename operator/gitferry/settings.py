@@ -58,6 +58,9 @@ class Settings:
     # lets a multi-tenant cluster deny syncs the operator's own rights.
     default_service_account: str | None = None
     max_concurrent_reconciles: int = 4
+    # Renders at once: rendering is CPU under the GIL (more gain nothing) and its
+    # memory grows with the bytes read, so this bounds the operator's peak.
+    max_concurrent_renders: int = 2
     apply_concurrency: int = 8
     # Up to this fraction is added to each interval so that syncs created together
     # do not all hit the git server in the same second.
@@ -87,6 +90,7 @@ class Settings:
             allow_file_urls=_bool("GITFERRY_ALLOW_FILE_URLS", False),
             default_service_account=os.environ.get("GITFERRY_DEFAULT_SERVICE_ACCOUNT") or None,
             max_concurrent_reconciles=_int("GITFERRY_MAX_CONCURRENT_RECONCILES", 4),
+            max_concurrent_renders=_int("GITFERRY_MAX_CONCURRENT_RENDERS", 2),
             apply_concurrency=_int("GITFERRY_APPLY_CONCURRENCY", 8),
             interval_jitter=_float("GITFERRY_INTERVAL_JITTER", 0.05, 0.0),
             crash_before_prune=_bool("GITFERRY_TEST_CRASH_BEFORE_PRUNE", False),

@@ -100,5 +100,5 @@ def test_a_tenant_cannot_send_a_secret_it_may_not_read(
     assert f"Secret {namespace}/{SECRET}" in message and "forbidden" in message
     assert f"system:serviceaccount:{namespace}:deployer" in message
     # git was never asked: the credentials went nowhere.
-    assert http_git_server.log.records() == []
+    assert http_git_server.log.records == []
     assert cluster.get("configmap", "tenant-config", namespace) is None

@@ -642,12 +642,10 @@ def test_a_file_over_the_size_limit_is_refused_before_reading(
 def test_a_50_mib_file_is_refused_by_default_without_reading_it(repo: Path) -> None:
     with (repo / "huge.yaml").open("wb") as f:
         f.truncate(50 * MiB)  # sparse: costs no disk
-    started = time.monotonic()
     with pytest.raises(
         RenderError, match=r"^huge\.yaml: file is 50\.0 MiB, over the 5\.0 MiB limit"
     ):
         render(repo, ".", Limits())
-    assert time.monotonic() - started < 1.0
 
 
 def test_total_bytes_limit(repo: Path) -> None:

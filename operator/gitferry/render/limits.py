@@ -19,7 +19,10 @@ class Limits:
     # at 1.5 MiB, so no real manifest file comes near).
     max_file_bytes: int = 5 * MiB
     # All files read by one render, plus kustomize's output.
-    max_total_bytes: int = 50 * MiB
+    # Python objects cost up to ~16 bytes of memory per byte of dense YAML (many
+    # small mappings): two renders at this bound stay far below the operator's
+    # 1 GiB memory limit (bench/render_memory.py measures it).
+    max_total_bytes: int = 20 * MiB
     # Objects one render may produce (List items count one each).
     max_objects: int = 5000
     # Nesting of YAML/JSON collections; deep CRD schemas stay well below 100.

@@ -12,155 +12,249 @@ from typing import Any
 
 from yaml import MarkedYAMLError, YAMLError
 from yaml._yaml import CParser
-from yaml.composer import Composer, ComposerError
-from yaml.constructor import SafeConstructor
-from yaml.events import AliasEvent, MappingStartEvent, ScalarEvent, SequenceStartEvent
-from yaml.nodes import MappingNode, Node, ScalarNode
-from yaml.resolver import Resolver
+from yaml.events import (
+    AliasEvent,
+    MappingEndEvent,
+    MappingStartEvent,
+    ScalarEvent,
+    SequenceEndEvent,
+    SequenceStartEvent,
+    StreamEndEvent,
+)
 
 from . import scalars
 from .errors import RenderError
 
-_TIMESTAMP = "tag:yaml.org,2002:timestamp"
-_MERGE = "tag:yaml.org,2002:merge"
+_TAG = "tag:yaml.org,2002:"
+_MAP, _SEQ, _STR = _TAG + "map", _TAG + "seq", _TAG + "str"
+_SET, _OMAP, _PAIRS = _TAG + "set", _TAG + "omap", _TAG + "pairs"
+_BINARY, _TIMESTAMP = _TAG + "binary", _TAG + "timestamp"
+
+
+class _LoadError(Exception):
+    """A problem at `line` (0-based) of the text."""
+
+    def __init__(self, message: str, line: int | None) -> None:
+        super().__init__(message)
+        self.line = line
 
 
 class _Expansion(Exception):
     """A file grew past its budget once YAML aliases were expanded."""
 
-    def __init__(self, mark: Any) -> None:
+    def __init__(self, line: int) -> None:
         super().__init__("alias expansion")
-        self.mark = mark
+        self.line = line
 
 
-class _Loader(Composer, CParser, SafeConstructor, Resolver):
-    """SafeLoader semantics on libyaml's parser, but composed in Python.
+class _Unfinished:
+    """The value of an anchor whose node is still open: an alias to it loops."""
 
-    libyaml's own composer recurses on the C stack (deeply nested input crashes
-    the process) and cannot weigh aliases. Here every node adds its expanded
-    size (scalar length + 1, 1 per collection, an alias the full size of what it
-    names) to a running total, refused past `budget`: a "billion laughs" stops
-    after a few hundred alias events, with memory bounded. Nesting is bounded,
-    duplicate keys are refused (as kubectl does), and plain scalars resolve as
-    kubectl resolves them (`scalars`: no base-60, dates stay strings)."""
 
-    def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
-        if kind is ScalarNode and implicit[0]:
-            return scalars.resolve_plain(value)
-        return super().resolve(kind, value, implicit)  # type: ignore[no-untyped-call]
+_OPEN = _Unfinished()
+
+
+class _Frame:
+    """A collection being built: a list, or a dict with its pending key."""
+
+    __slots__ = (
+        "anchor",
+        "before",
+        "is_map",
+        "key",
+        "key_id",
+        "keys",
+        "line",
+        "merges",
+        "tag",
+        "value",
+    )
+
+    def __init__(self, tag: str, is_map: bool, anchor: str | None, line: int, before: int) -> None:
+        self.tag = tag
+        self.is_map = is_map
+        self.anchor = anchor
+        self.line = line
+        self.before = before  # the expanded size when it opened: its anchor's weight
+        self.value: Any = {} if is_map else []
+        self.key: Any = _OPEN  # a mapping's key waiting for its value
+        self.key_id: tuple[str, str] | None = None
+        self.keys: dict[tuple[str, str], int] = {}  # (tag, text) -> first line
+        self.merges: list[Any] = []  # `<<` values, merged under the explicit keys
+
+
+class _Loader(CParser):
+    """YAML → Python values straight from libyaml's parser events.
+
+    No node tree is built (a tree of a 5 MiB file of short scalars took over
+    300 MiB), nothing recurses (deep input cannot overflow a stack), and:
+    every value adds its expanded size (scalar length + 1, 1 per collection, an
+    alias the full size of what it names) to a total refused past `budget`, so
+    a "billion laughs" stops after a few hundred events; nesting is bounded;
+    duplicate keys are refused (as kubectl does); merge keys (`<<`) work as in
+    YAML 1.1; plain scalars resolve as kubectl resolves them (`scalars`)."""
 
     def __init__(self, text: str, budget: int, max_depth: int) -> None:
-        CParser.__init__(self, text)
-        Composer.__init__(self)
-        SafeConstructor.__init__(self)
-        Resolver.__init__(self)
+        super().__init__(text)
         self.budget = budget
         self.max_depth = max_depth
         self.expanded = 0
-        self._depth = 0
-        self._weights: dict[int, int] = {}  # id(anchored node) -> expanded size
 
-    def compose_document(self) -> Node | None:
-        self._weights = {}  # anchors do not cross documents
-        return super().compose_document()
+    def documents(self) -> list[tuple[int, Any]]:
+        """(1-based line, value) per non-empty document."""
+        docs: list[tuple[int, Any]] = []
+        self.get_event()  # StreamStart
+        while not self.check_event(StreamEndEvent):
+            self.get_event()  # DocumentStart
+            line, value = self._document()
+            self.get_event()  # DocumentEnd
+            if value is not None:
+                docs.append((line + 1, value))
+        return docs
 
-    # Replaces Composer.compose_node (same logic plus weighing) rather than
-    # wrapping it, to keep two Python frames per nesting level.
-    def compose_node(self, parent: Node | None, index: int) -> Node | None:
-        if self.check_event(AliasEvent):
-            alias = self.get_event()
-            if not isinstance(alias, AliasEvent):  # cannot happen: checked above
-                raise ComposerError(None, None, "expected an alias", None)
-            alias_mark: Any = alias.start_mark
-            target = self.anchors.get(alias.anchor)
-            if target is None:
-                raise ComposerError(
-                    None, None, f"found undefined alias {alias.anchor!r}", alias_mark
-                )
-            weight = self._weights.get(id(target))
-            if weight is None:
-                raise ComposerError(
-                    None, None, f"alias *{alias.anchor} refers to itself", alias_mark
-                )
-            self._grow(weight, alias_mark)
-            return target
-        event = self.peek_event()
-        if not isinstance(event, ScalarEvent | SequenceStartEvent | MappingStartEvent):
-            raise ComposerError(None, None, f"unexpected {event}", None)
-        anchor: Any = event.anchor  # the stubs mistype compose_*_node's argument
-        start: Any = event.start_mark
-        if anchor is not None and anchor in self.anchors:
-            raise ComposerError(
-                f"found duplicate anchor {anchor!r}; first occurrence",
-                self.anchors[anchor].start_mark,
-                "second occurrence",
-                start,
-            )
-        if self._depth >= self.max_depth:
-            raise ComposerError(None, None, f"nested deeper than {self.max_depth} levels", start)
-        before = self.expanded
-        self._depth += 1
-        self.descend_resolver(parent, index)
-        node: Node
-        if isinstance(event, ScalarEvent):
-            node = self.compose_scalar_node(anchor)
-            own = len(node.value) + 1
-        elif isinstance(event, SequenceStartEvent):
-            node = self.compose_sequence_node(anchor)
-            own = 1
-        else:
-            mapping = self.compose_mapping_node(anchor)
-            self._check_keys(mapping)
-            node, own = mapping, 1
-        self.ascend_resolver()
-        self._depth -= 1
-        self._grow(own, node.start_mark)
-        if anchor is not None:
-            self._weights[id(node)] = self.expanded - before
-        return node
-
-    def _grow(self, amount: int, mark: Any) -> None:
+    def _grow(self, amount: int, line: int) -> None:
         self.expanded += amount
         if self.expanded > self.budget:
-            raise _Expansion(mark)
+            raise _Expansion(line)
 
-    @staticmethod
-    def _check_keys(node: MappingNode) -> None:
-        seen: dict[tuple[str, str], int] = {}
-        for key, _ in node.value:
-            if not isinstance(key, ScalarNode) or key.tag == _MERGE:
+    def _document(self) -> tuple[int, Any]:
+        anchors: dict[str, tuple[Any, int]] = {}  # anchor -> (value, expanded size)
+        stack: list[_Frame] = []
+        first_line: int | None = None
+        result: Any = None
+        while True:
+            event: Any = self.get_event()
+            line = event.start_mark.line
+            if first_line is None:
+                first_line = line
+            if isinstance(event, (SequenceEndEvent, MappingEndEvent)):
+                frame = stack.pop()
+                value = self._close(frame)
+                if frame.anchor is not None:
+                    anchors[frame.anchor] = (value, self.expanded - frame.before)
+                done = not stack
+                if not done:
+                    self._add(stack[-1], value, None, line)
+                else:
+                    result = value
+                    break
                 continue
-            first = seen.get((key.tag, key.value))
-            if first is not None:
-                raise ComposerError(
-                    None,
-                    None,
-                    f"duplicate key {key.value!r} (first at line {first})",
-                    key.start_mark,
-                )
-            seen[(key.tag, key.value)] = key.start_mark.line + 1
+            anchor = getattr(event, "anchor", None)
+            if isinstance(event, AliasEvent):
+                if anchor not in anchors:
+                    raise _LoadError(f"found undefined alias {anchor!r}", line)
+                value, weight = anchors[anchor]
+                if value is _OPEN:
+                    raise _LoadError(f"alias *{anchor} refers to itself", line)
+                self._grow(weight, line)
+                key_id = None
+            elif isinstance(event, ScalarEvent):
+                if anchor is not None and anchor in anchors:
+                    raise _LoadError(f"found duplicate anchor {anchor!r}", line)
+                value, key_id = self._scalar(event, line)
+                self._grow(len(event.value) + 1, line)
+                if anchor is not None:
+                    anchors[anchor] = (value, len(event.value) + 1)
+            elif isinstance(event, (SequenceStartEvent, MappingStartEvent)):
+                if anchor is not None and anchor in anchors:
+                    raise _LoadError(f"found duplicate anchor {anchor!r}", line)
+                if len(stack) >= self.max_depth:
+                    raise _LoadError(f"nested deeper than {self.max_depth} levels", line)
+                is_map = isinstance(event, MappingStartEvent)
+                tag = event.tag if event.tag not in (None, "!") else (_MAP if is_map else _SEQ)
+                if tag not in ((_MAP, _SET, _OMAP, _PAIRS) if is_map else (_SEQ, _OMAP, _PAIRS)):
+                    raise _LoadError(f"could not determine a constructor for the tag {tag!r}", line)
+                self._grow(1, line)
+                if anchor is not None:
+                    anchors[anchor] = (_OPEN, 0)
+                stack.append(_Frame(tag, is_map, anchor, line, self.expanded - 1))
+                continue
+            else:  # an empty document: DocumentEnd right away
+                raise _LoadError(f"unexpected {type(event).__name__}", line)
+            if not stack:
+                result = value
+                break
+            self._add(stack[-1], value, key_id, line)
+        return first_line or 0, result
+
+    def _scalar(self, event: Any, line: int) -> tuple[Any, tuple[str, str]]:
+        text = event.value
+        tag = event.tag
+        if tag is None or tag == "!":
+            tag = scalars.resolve_plain(text) if event.implicit[0] else _STR
+        if tag in (_STR, _TIMESTAMP):  # dates stay text, as kubectl keeps them
+            return text, (tag, text)
+        if tag == _BINARY:  # normalised base64 text: what a Secret's data wants
+            try:
+                raw = base64.b64decode("".join(text.split()), validate=True)
+            except ValueError:
+                raise _LoadError("not valid base64 for !!binary", line) from None
+            return base64.b64encode(raw).decode("ascii"), (tag, text)
+        if tag in (scalars.BOOL, scalars.NULL, scalars.INT, scalars.FLOAT, scalars.MERGE):
+            if tag == scalars.MERGE:
+                return _MERGE_KEY, (tag, text)
+            try:
+                return scalars.construct(tag, text), (tag, text)
+            except ValueError as e:
+                raise _LoadError(str(e), line) from None
+        raise _LoadError(f"could not determine a constructor for the tag {tag!r}", line)
+
+    def _add(self, frame: _Frame, value: Any, key_id: tuple[str, str] | None, line: int) -> None:
+        if not frame.is_map:
+            frame.value.append(value)
+            return
+        if frame.key is _OPEN:  # this value is a key
+            if key_id is not None and key_id[0] != scalars.MERGE:
+                first = frame.keys.get(key_id)
+                if first is not None:
+                    raise _LoadError(f"duplicate key {key_id[1]!r} (first at line {first})", line)
+                frame.keys[key_id] = line + 1
+            if isinstance(value, (dict, list, set)):
+                raise _LoadError(f"a {type_word(value)} cannot be a key", line)
+            frame.key = value
+            return
+        key, frame.key = frame.key, _OPEN
+        if key is _MERGE_KEY and frame.tag == _MAP:
+            merged = value if isinstance(value, list) else [value]
+            if not all(isinstance(m, dict) for m in merged):
+                raise _LoadError("a merge key (<<) takes a mapping or a list of mappings", line)
+            frame.merges.extend(merged)
+            return
+        frame.value[key] = value  # under !!set, !!omap, !!pairs too: JSON has no form for them
+
+    def _close(self, frame: _Frame) -> Any:
+        if not frame.is_map:
+            if frame.tag in (_OMAP, _PAIRS):
+                return [
+                    tuple(item.items())[0] if isinstance(item, dict) and len(item) == 1 else item
+                    for item in frame.value
+                ]
+            return frame.value
+        if frame.tag == _SET:
+            return set(frame.value)
+        if frame.tag in (_OMAP, _PAIRS):
+            return list(frame.value.items())
+        if frame.merges:
+            out: dict[Any, Any] = {}
+            # YAML 1.1 merge: earlier mappings win over later ones, explicit keys over all.
+            for m in reversed(frame.merges):
+                out.update(m)
+            out.update(frame.value)
+            return out
+        return frame.value
 
 
-def _timestamp_as_text(loader: Any, node: Node) -> str:
-    return str(node.value)
+class _MergeKey:
+    """The `<<` key of a YAML 1.1 merge."""
 
 
-def _binary_as_base64(loader: Any, node: Node) -> str:
-    # Normalised base64 text: what a Secret's data wants.
-    return base64.b64encode(loader.construct_yaml_binary(node)).decode("ascii")
+_MERGE_KEY = _MergeKey()
 
 
-def _go_scalar(loader: Any, node: Node) -> Any:
-    try:
-        return scalars.construct(node.tag, str(node.value))
-    except ValueError as e:
-        raise ComposerError(None, None, str(e), node.start_mark) from None
-
-
-_Loader.add_constructor(_TIMESTAMP, _timestamp_as_text)
-for _tag in (scalars.BOOL, scalars.NULL, scalars.INT, scalars.FLOAT):
-    _Loader.add_constructor(_tag, _go_scalar)
-_Loader.add_constructor("tag:yaml.org,2002:binary", _binary_as_base64)
+def type_word(value: Any) -> str:
+    if isinstance(value, dict):
+        return "mapping"
+    return "list" if isinstance(value, list) else type(value).__name__
 
 
 def _yaml_message(source: str, err: MarkedYAMLError) -> str:
@@ -173,25 +267,22 @@ def _yaml_message(source: str, err: MarkedYAMLError) -> str:
 def yaml_documents(
     text: str, source: str, budget: int, budget_name: str, max_depth: int
 ) -> tuple[list[tuple[int, Any]], int]:
-    """(1-based line, data) per document, and the size after alias expansion."""
+    """(1-based line, data) per document, and the size after alias expansion.
+    Raises RenderError naming `source` and the line."""
     loader = _Loader(text, budget, max_depth)
-    docs: list[tuple[int, Any]] = []
     try:
-        while loader.check_node():
-            node = loader.get_node()
-            if node is not None:
-                docs.append((node.start_mark.line + 1, loader.construct_document(node)))
+        docs = loader.documents()
     except _Expansion as e:
-        where = f"line {e.mark.line + 1}: " if e.mark is not None else ""
         raise RenderError(
-            f"{source}: {where}YAML aliases expand past {budget_name}; refusing it"
+            f"{source}: line {e.line + 1}: YAML aliases expand past {budget_name}; refusing it"
         ) from None
+    except _LoadError as e:
+        where = f"line {e.line + 1}: " if e.line is not None else ""
+        raise RenderError(f"{source}: {where}{e}") from None
     except MarkedYAMLError as e:
         raise RenderError(_yaml_message(source, e)) from None
     except YAMLError as e:
         raise RenderError(f"{source}: {e}") from None
-    except RecursionError:
-        raise RenderError(f"{source}: nested too deeply") from None
     finally:
         loader.dispose()
     return docs, loader.expanded

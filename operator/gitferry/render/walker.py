@@ -143,7 +143,12 @@ class Renderer:
 
     def _load_file(self, path: Path, source: str) -> None:
         with contextlib.suppress(OSError):  # read_bounded reports it
-            if self.total + path.stat().st_size > self.limits.max_total_bytes:
+            size = path.stat().st_size
+            # Over the file limit: read_bounded says so; else the total, unread.
+            if (
+                size <= self.limits.max_file_bytes
+                and self.total + size > self.limits.max_total_bytes
+            ):
                 self._too_much(source)
         raw = read_bounded(path, source, self.limits.max_file_bytes)
         text = decode(raw, source)
