@@ -34,6 +34,8 @@ from .ownership import claim_of, controller_owner, is_adopted, owner_of
 
 log = logging.getLogger("gitferry.prune")
 
+# Attempts at one prune when the object changes between the read and the delete.
+_CONFLICT_RETRIES = 3
 # Objects the cluster itself puts in every namespace: they never keep one alive.
 _NAMESPACE_DEFAULTS = {("", "ServiceAccount", "default"), ("", "ConfigMap", "kube-root-ca.crt")}
 # Kinds that are records or controller output, not things someone created there.
@@ -129,6 +131,29 @@ class Pruner:
             result.deleted.append(ref)  # its kind is gone (CRD deleted): so is the object
             return
         path = res.path(ref.namespace, ref.name)
+        # A controller that writes status between the read and the delete moves the
+        # resourceVersion: read again and re-check every guard, a few times, rather
+        # than report PruneFailed. The uid precondition alone would not catch labels
+        # changed by hand in between.
+        for attempt in range(_CONFLICT_RETRIES):
+            try:
+                self._guarded_delete(entry, ref, path, result, deadline)
+                return
+            except KubeError as e:
+                if e.status != 409 or attempt == _CONFLICT_RETRIES - 1:
+                    raise
+
+    def _guarded_delete(
+        self,
+        entry: InventoryEntry,
+        ref: ObjRef,
+        path: str,
+        result: PruneResult,
+        deadline: Deadline,
+    ) -> None:
+        """Read the object, check every rule, then delete it with its uid and
+        resourceVersion as preconditions (or release, keep, hand over). Raises
+        KubeError 409 when it changed since the read."""
         try:
             live = self.kube.request("GET", path, deadline=deadline)
         except KubeError as e:

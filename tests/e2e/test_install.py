@@ -48,6 +48,7 @@ def test_crd_is_established_and_printer_columns_show(
         ({"interval": "5 minutes"}, "spec.interval", "duration"),
         ({"timeout": "2d"}, "spec.timeout", "duration"),
         ({"interval": "0s"}, "spec.interval", "between 1s and 720h"),
+        ({"ref": {"commit": "ab" * 32}}, "spec.ref.commit", "40"),
         ({"retryInterval": "0.0001ms"}, "spec.retryInterval", "between 1s and 720h"),
         ({"timeout": "3000000h"}, "spec.timeout", ""),
         ({"path": "../other-team"}, "spec.path", "must stay inside the repository"),

@@ -105,11 +105,27 @@ def test_an_object_recreated_between_the_read_and_the_delete_is_never_hit(
     fake.before("DELETE", "/api/v1/namespaces/team/configmaps/cfg", someone_recreates_it)
     result = prune(fake, CM)
 
-    assert result.deleted == []
-    ((entry, why),) = result.failed  # still in the inventory: looked at again next time
-    assert entry.id == CM.id
-    assert why.startswith(f"{CM}: Precondition failed: UID in precondition: ")
+    # The uid precondition refuses the delete; read again, the new object is
+    # not ours (no gitferry labels): left alone, and it leaves the inventory.
+    assert result.deleted == [] and result.failed == []
+    assert result.kept == [(CM, "its labels name another owner")]
     assert live(fake) is not None  # the new one is still there
+
+
+def test_a_status_write_between_the_read_and_the_delete_does_not_fail_the_prune(
+    fake: FakeKube,
+) -> None:
+    fake.seed(ours(cm()))
+    # A controller writes the object (a new resourceVersion, same uid) right before
+    # the delete: the rv precondition refuses it once; read again, still ours.
+    fake.before(
+        "DELETE",
+        "/api/v1/namespaces/team/configmaps/cfg",
+        lambda: fake.seed(ours(cm(), touched="by a controller")),
+    )
+    result = prune(fake, CM)
+    assert result.deleted == [CM] and result.failed == []
+    assert live(fake) is None
 
 
 def test_an_object_already_gone_is_simply_done(fake: FakeKube) -> None:
@@ -178,7 +194,7 @@ def test_an_object_annotated_prune_disabled_stays_and_is_released(fake: FakeKube
     assert annotations(live(fake))["gitferry.dev/prune"] == "disabled"  # the user's own mark
 
 
-def test_a_release_is_refused_when_the_object_changed_since_it_was_read(fake: FakeKube) -> None:
+def test_a_release_rechecks_when_the_object_changed_since_it_was_read(fake: FakeKube) -> None:
     fake.seed(ours(cm(), **{"gitferry.dev/prune": "disabled"}))
     fake.before(
         "PATCH",
@@ -186,9 +202,27 @@ def test_a_release_is_refused_when_the_object_changed_since_it_was_read(fake: Fa
         lambda: fake.seed(ours(cm(), **{"gitferry.dev/prune": "disabled", "touched": "yes"})),
     )
     result = prune(fake, CM)
+    # The first release patch is refused (resourceVersion moved); read again, the
+    # rule still holds, and the second one goes through.
+    assert result.failed == []
+    assert result.kept == [(CM, "it is annotated gitferry.dev/prune: disabled")]
+    assert "gitferry.dev/sync-name" not in labels(live(fake))
+
+
+def test_a_prune_that_keeps_conflicting_fails_and_stays_in_the_inventory(
+    fake: FakeKube,
+) -> None:
+    fake.seed(ours(cm()))
+    fake.before(
+        "DELETE",
+        "/api/v1/namespaces/team/configmaps/cfg",
+        lambda: fake.seed(ours(cm(), touched="again")),
+        times=10,
+    )
+    result = prune(fake, CM)
     assert [e.id for e in result.remaining()] == [CM.id]
-    assert "the object has been modified" in result.failed[0][1]
-    assert labels(live(fake))["gitferry.dev/sync-name"] == "web"
+    assert "Precondition failed" in result.failed[0][1]
+    assert live(fake) is not None
 
 
 def test_a_namespace_holding_an_object_gitferry_did_not_create_stays(fake: FakeKube) -> None:

@@ -219,6 +219,21 @@ def test_semver_alternatives_each_name_their_prereleases() -> None:
     assert select_semver_tag("1.2.3 || >=1.0.0 <1.9.9", tags) == "1.2.3"
 
 
+@pytest.mark.parametrize(
+    ("range_text", "expected"),
+    [
+        (">= 1.0.0", "v2.0.0"),
+        (">= 1.0.0 < 2.0.0", "v1.2.0"),
+        ("^ 1.0.0", "v1.2.0"),
+        ("< v2", "v1.2.0"),
+    ],
+)
+def test_semver_allows_a_space_after_an_operator_as_npm_does(
+    range_text: str, expected: str
+) -> None:
+    assert select_semver_tag(range_text, ["v0.9.0", "v1.2.0", "v2.0.0"]) == expected
+
+
 def test_semver_leading_v_is_ignored_in_tags_and_ranges() -> None:
     tags = ["v1.2.0", "1.3.0", "V1.4.0", "release-1.5.0", "latest", "v1.2", "v2.0.0"]
     assert select_semver_tag("^1.0.0", tags) == "V1.4.0"

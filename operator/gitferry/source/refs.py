@@ -108,6 +108,7 @@ def want_of(ref: GitRef) -> Want:
 # --- semver ----------------------------------------------------------------
 # npm accepts "v1.2.3" and "=1.2.3" inside ranges; NpmSpec does not take the v.
 _RANGE_V_RE = re.compile(r"(^|[\s<>=~^|])[vV](?=\d)")
+_OPERATOR_SPACE_RE = re.compile(r"(>=|<=|>|<|=|~|\^)\s+(?=[vV]?\d)")
 _PRERELEASE_IN_RANGE_RE = re.compile(r"(\d+)\.(\d+)\.(\d+)-[0-9A-Za-z]")
 
 
@@ -125,7 +126,9 @@ def parse_semver_range(text: str) -> tuple[Clause, ...]:
         raise InvalidRef(f"spec.ref.semver {text!r} contains a control character")
     clauses = []
     for alternative in text.split("||"):
-        cleaned = _RANGE_V_RE.sub(r"\1", alternative).strip() or "*"
+        # npm allows a space between an operator and its version (">= 1.0.0").
+        joined = _OPERATOR_SPACE_RE.sub(r"\1", alternative)
+        cleaned = _RANGE_V_RE.sub(r"\1", joined).strip() or "*"
         try:
             spec = NpmSpec(cleaned)
         except ValueError as e:
