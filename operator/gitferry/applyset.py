@@ -52,6 +52,11 @@ def parse_group_kinds(text: str | None) -> frozenset[tuple[str, str]]:
     return frozenset(pairs)
 
 
+def parse_namespaces(text: str | None) -> frozenset[str]:
+    """Namespaces from an additional-namespaces annotation; empty when missing."""
+    return frozenset(n.strip() for n in (text or "").split(",") if n.strip())
+
+
 def parent_metadata(name: str, namespace: str, refs: Iterable[ObjRef]) -> dict[str, dict[str, str]]:
     """Labels and annotations the parent carries for this set of members."""
     refs = list(refs)

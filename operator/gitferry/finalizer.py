@@ -55,10 +55,10 @@ def _finalize(ctx: Context, key: SyncKey, body: dict[str, Any]) -> None:
         return
     entries = SyncStatus.from_dict(body.get("status")).inventory
     if entries is None:
-        kinds = applyset.parse_group_kinds(
-            (meta.get("annotations") or {}).get(applyset.ANNOTATION_GROUP_KINDS)
-        )
-        entries = tuple(find_owned(ctx.kube, ctx.discovery, key, deadline, kinds))
+        notes = meta.get("annotations") or {}
+        kinds = applyset.parse_group_kinds(notes.get(applyset.ANNOTATION_GROUP_KINDS))
+        namespaces = applyset.parse_namespaces(notes.get(applyset.ANNOTATION_NAMESPACES))
+        entries = tuple(find_owned(client, ctx.discovery, key, deadline, kinds, namespaces))
     pruner = Pruner(client, ctx.discovery, key, ctx.can_hand_over)
     order = inventory.stale(entries, ())
     # Suspend means no changes at all: deleting a suspended sync orphans its

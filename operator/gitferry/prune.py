@@ -311,12 +311,16 @@ def find_owned(
     me: SyncKey,
     deadline: Deadline,
     group_kinds: frozenset[tuple[str, str]],
+    namespaces: frozenset[str] = frozenset(),
 ) -> list[InventoryEntry]:
     """Rebuild an inventory from the ownership labels (a status lost to a backup
     restore), listing only the kinds the ApplySet parent says the set holds
     (`applyset.kubernetes.io/contains-group-kinds`, KEP-3659): a sync that never
-    applied anything lists nothing. Objects a controller owns copied the labels
-    from a template: skipped.
+    applied anything lists nothing. Namespaced kinds are listed in the sync's own
+    namespace and the ApplySet's additional-namespaces, cluster-scoped ones
+    cluster-wide — as kubectl's ApplySet pruning lists, and as `kube` (the
+    identity the sync applies as) may. Objects a controller owns copied the
+    labels from a template: skipped.
 
     Raises PruneFailed when a kind cannot be listed (403, 5xx, a timeout): a
     partial inventory would leave the missed objects unpruned forever. A kind
@@ -331,21 +335,31 @@ def find_owned(
         r = discovery.for_group_kind(group, kind)
         if r is None or (r.group, r.kind) in _NOT_CONTENT:
             continue  # its kind is gone: so are its objects
-        try:
-            items = kube.request(
-                "GET", r.path(), deadline=deadline, query={"labelSelector": selector}
-            )
-        except KubeError as e:
-            if e.not_found:
-                continue
-            raise PruneFailed(
-                f"the inventory is missing from status and could not be rebuilt from labels: "
-                f"listing {r.kind}{'.' + r.group if r.group else ''} failed: {e.message}"
-            ) from None
-        for obj in items.get("items") or []:
-            if controller_owner(obj):
-                continue
-            meta = obj.get("metadata") or {}
-            ref = ObjRef(r.group, r.kind, meta.get("namespace") or "", meta.get("name", ""))
-            found.append(InventoryEntry(ref.id, r.version))
+        scopes = sorted({me.namespace, *namespaces}) if r.namespaced else [None]
+        for namespace in scopes:
+            found += _owned_in(kube, r, namespace, selector, deadline)
     return sorted(found, key=lambda e: e.id)
+
+
+def _owned_in(
+    kube: Kube, r: Resource, namespace: str | None, selector: str, deadline: Deadline
+) -> list[InventoryEntry]:
+    try:
+        items = kube.request(
+            "GET", r.path(namespace), deadline=deadline, query={"labelSelector": selector}
+        )
+    except KubeError as e:
+        if e.not_found:
+            return []
+        raise PruneFailed(
+            f"the inventory is missing from status and could not be rebuilt from labels: "
+            f"listing {r.kind}{'.' + r.group if r.group else ''} failed: {e.message}"
+        ) from None
+    found: list[InventoryEntry] = []
+    for obj in items.get("items") or []:
+        if controller_owner(obj):
+            continue
+        meta = obj.get("metadata") or {}
+        ref = ObjRef(r.group, r.kind, meta.get("namespace") or "", meta.get("name", ""))
+        found.append(InventoryEntry(ref.id, r.version))
+    return found

@@ -349,10 +349,11 @@ def _old_inventory(
 ) -> tuple[InventoryEntry, ...]:
     old = run.status.inventory
     if old is None:  # a new sync, or a status lost in a restore: the labels tell
-        kinds = applyset.parse_group_kinds(
-            run.parent["annotations"].get(applyset.ANNOTATION_GROUP_KINDS)
-        )
-        old = tuple(find_owned(run.ctx.kube, run.ctx.discovery, sync.key, deadline, kinds))
+        notes = run.parent["annotations"]
+        kinds = applyset.parse_group_kinds(notes.get(applyset.ANNOTATION_GROUP_KINDS))
+        namespaces = applyset.parse_namespaces(notes.get(applyset.ANNOTATION_NAMESPACES))
+        client = run.ctx.client_for(sync)  # what the sync may see, not the operator
+        old = tuple(find_owned(client, run.ctx.discovery, sync.key, deadline, kinds, namespaces))
     if not manifests and old and not sync.spec.allow_empty:
         raise PruneRefused(
             f"revision {revision} holds no objects under {sync.spec.path!r}: applying it would delete "

@@ -418,7 +418,8 @@ def rebuild(fake: FakeKube, kinds: frozenset[tuple[str, str]] = SET_KINDS) -> li
     discovery = Discovery(fake.kube)
     discovery.refresh()
     fake.forget_calls()
-    return find_owned(fake.kube, discovery, ME, Deadline.after(30), kinds)
+    # The ApplySet's additional-namespaces name "team"; the sync lives in "apps".
+    return find_owned(fake.kube, discovery, ME, Deadline.after(30), kinds, frozenset({"team"}))
 
 
 def test_a_lost_inventory_is_rebuilt_from_labels_without_controller_owned_copies(
@@ -460,7 +461,19 @@ def test_a_lost_inventory_is_rebuilt_from_labels_without_controller_owned_copies
         key=lambda e: e.id,
     )
     lists = [c for c in fake.calls if c.method == "GET" and c.path not in ("/api", "/apis")]
-    assert len(lists) == len(SET_KINDS)  # one list per kind the ApplySet names, no more
+    # One list per kind the ApplySet names: cluster-scoped ones (Namespace)
+    # cluster-wide, namespaced ones in the sync's namespace and "team" only.
+    assert sorted(c.path for c in lists) == [
+        "/api/v1/namespaces",
+        "/api/v1/namespaces/apps/configmaps",
+        "/api/v1/namespaces/team/configmaps",
+        "/apis/apps/v1/namespaces/apps/deployments",
+        "/apis/apps/v1/namespaces/apps/replicasets",
+        "/apis/apps/v1/namespaces/team/deployments",
+        "/apis/apps/v1/namespaces/team/replicasets",
+        "/apis/example.com/v1/namespaces/apps/widgets",
+        "/apis/example.com/v1/namespaces/team/widgets",
+    ]
     assert {c.query["labelSelector"] for c in lists} == {
         "gitferry.dev/sync-name=web,gitferry.dev/sync-namespace=apps"
     }
@@ -478,7 +491,7 @@ def test_a_rebuild_that_cannot_list_a_kind_fails_instead_of_forgetting_objects(
     fake.seed(ours(cm()))
     fake.fail(
         "GET",
-        "/api/v1/configmaps",
+        "/api/v1/namespaces/team/configmaps",
         403,
         'configmaps is forbidden: User "system:serviceaccount:apps:deployer" cannot list resource "configmaps"',
     )

@@ -172,7 +172,7 @@ class _Loader(CParser):
             else:  # an empty document: DocumentEnd right away
                 raise _LoadError(f"unexpected {type(event).__name__}", line)
             if not stack:
-                result = value
+                result = "<<" if value is _MERGE_KEY else value
                 break
             self._add(stack[-1], value, key_id, line)
         return first_line or 0, result
@@ -184,12 +184,12 @@ class _Loader(CParser):
             tag = scalars.resolve_plain(text) if event.implicit[0] else _STR
         if tag in (_STR, _TIMESTAMP):  # dates stay text, as kubectl keeps them
             return text, (tag, text)
-        if tag == _BINARY:  # normalised base64 text: what a Secret's data wants
+        if tag == _BINARY:  # the decoded bytes as text, as kubectl reads them
             try:
                 raw = base64.b64decode("".join(text.split()), validate=True)
+                return raw.decode("utf-8"), (tag, text)
             except ValueError:
-                raise _LoadError("not valid base64 for !!binary", line) from None
-            return base64.b64encode(raw).decode("ascii"), (tag, text)
+                raise _LoadError("!!binary is not base64 of UTF-8 text", line) from None
         if tag in (scalars.BOOL, scalars.NULL, scalars.INT, scalars.FLOAT, scalars.MERGE):
             if tag == scalars.MERGE:
                 return _MERGE_KEY, (tag, text)
@@ -200,10 +200,13 @@ class _Loader(CParser):
         raise _LoadError(f"could not determine a constructor for the tag {tag!r}", line)
 
     def _add(self, frame: _Frame, value: Any, key_id: tuple[str, str] | None, line: int) -> None:
+        is_key = frame.is_map and frame.key is _OPEN
+        if value is _MERGE_KEY and not is_key:
+            value = "<<"  # a merge only as a mapping key; elsewhere plain text
         if not frame.is_map:
             frame.value.append(value)
             return
-        if frame.key is _OPEN:  # this value is a key
+        if is_key:  # this value is a key
             if key_id is not None and key_id[0] != scalars.MERGE:
                 first = frame.keys.get(key_id)
                 if first is not None:

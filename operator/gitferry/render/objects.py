@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import math
+import struct
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -93,17 +94,60 @@ def plain_copy(value: Any, depth: int, max_depth: int) -> Any:
     raise ContentError(f"a YAML {type(value).__name__} has no JSON form")
 
 
+_INT64 = 1 << 63
+
+
 def _key(k: Any) -> str:
-    # As kubectl's YAML-to-JSON conversion does.
+    """A mapping key as text, as sigs.k8s.io/yaml's YAML-to-JSON conversion writes
+    it: booleans as true/false, integers in decimal, floats with float32
+    precision in Go's %g; null and integers beyond int64 are refused there."""
     if isinstance(k, str):
         return k
     if isinstance(k, bool):
         return "true" if k else "false"
     if k is None:
-        return "null"
-    if isinstance(k, int | float):
+        raise ContentError("a null key has no JSON form (quote it)")
+    if isinstance(k, int):
+        if not -_INT64 <= k < _INT64:
+            raise ContentError(f"the key {k} is out of range (quote it)")
         return str(k)
+    if isinstance(k, float):
+        return go_float32_text(k)
     raise ContentError(f"a {type(k).__name__} cannot be a key")
+
+
+def go_float32_text(value: float) -> str:
+    """strconv.FormatFloat(value, 'g', -1, 32): the shortest text that reads back
+    as the same float32, in %e form when its exponent is below -4 or at least 6
+    (Go's rule for the shortest %g): 1000.0 -> "1000", 1234567.0 -> "1.234567e+06"."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    try:
+        as32 = struct.unpack("f", struct.pack("f", value))[0]
+    except OverflowError:  # beyond float32: Go's conversion gives an infinity
+        return "+Inf" if value > 0 else "-Inf"
+    if math.isinf(as32):
+        return "+Inf" if as32 > 0 else "-Inf"
+    for digits in range(1, 10):
+        text = f"{as32:.{digits}e}"
+        if struct.unpack("f", struct.pack("f", float(text)))[0] == as32:
+            break
+    mantissa, _, exp_text = text.partition("e")
+    exponent = int(exp_text)
+    mantissa = mantissa.rstrip("0").rstrip(".") if "." in mantissa else mantissa
+    if exponent < -4 or exponent >= 6:
+        return f"{mantissa}e{'-' if exponent < 0 else '+'}{abs(exponent):02d}"
+    # Plain notation from the shortest digits.
+    sign = "-" if mantissa.startswith("-") else ""
+    digits_only = mantissa.lstrip("-").replace(".", "")
+    point = exponent + 1
+    if point <= 0:
+        return f"{sign}0.{'0' * -point}{digits_only}"
+    if point >= len(digits_only):
+        return f"{sign}{digits_only}{'0' * (point - len(digits_only))}"
+    return f"{sign}{digits_only[:point]}.{digits_only[point:]}"
 
 
 def type_name(value: Any) -> str:

@@ -80,7 +80,9 @@ def resolve_plain(value: str) -> str:
         plain = value.replace("_", "")
         if _go_int(plain) is not None:
             return INT
-        if _FLOAT_RE.match(plain):
+        # A float that overflows float64 stays text in go-yaml (ParseFloat's
+        # ErrRange): "1e400" is a string for kubectl, not infinity.
+        if _FLOAT_RE.match(plain) and math.isfinite(float(plain)):
             return FLOAT
     return STR
 
