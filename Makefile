@@ -12,6 +12,7 @@ help:
 	@echo "make demo          start a local control plane + gitferry, sync examples/ (make demo-down stops it)"
 	@echo "make test          lint, type check, unit and e2e tests (builds the control plane on first use)"
 	@echo "make cluster-up    start the local control plane in the background (make cluster-down stops it)"
+	@echo "make image         build the operator image gitferry:dev (no registry needed)"
 
 # Every install comes from a lock of exact versions with hashes
 # (requirements/*.lock): a new release of a dependency never changes a run.
@@ -37,7 +38,8 @@ lock:
 	@rm -f $(VENV)/.installed
 	@echo "locks refreshed: review the diff of requirements/*.lock, then make test"
 
-# sshd serves git over SSH in the tests; Debian's openssh-server.
+# sshd serves git over SSH in the tests (Debian's openssh-server); Docker builds
+# and runs the operator image in tests/e2e/test_image.py (hack/image/docker-up.sh).
 prereqs:
 	@command -v git >/dev/null || { echo "git is required" >&2; exit 1; }
 	@command -v openssl >/dev/null || { echo "openssl is required" >&2; exit 1; }
@@ -46,9 +48,23 @@ prereqs:
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq openssh-server >/dev/null; \
 	fi
+	@bash hack/image/docker-up.sh
 
 controlplane:
 	@bash hack/controlplane/build.sh >/dev/null
+
+# The operator image that manifests/ run (gitferry:dev), built on a Debian base
+# that hack/image/build-base.sh bootstraps and caches: no registry needed.
+# `make image BASE=python:3.11-slim` builds on the public image instead.
+.PHONY: image image-base
+IMAGE ?= gitferry:dev
+image-base:
+	@bash hack/image/docker-up.sh --required
+	@bash hack/image/build-base.sh
+
+image:
+	@bash hack/image/docker-up.sh --required
+	@BASE="$(BASE)" PYTHON="$(PYTHON)" bash hack/image/build.sh $(IMAGE)
 
 # ruff, and import-linter holding the layers (pyproject.toml [tool.importlinter]).
 lint: venv

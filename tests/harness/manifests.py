@@ -121,3 +121,25 @@ def widget(group: str, name: str, size: int = 1, namespace: str | None = None) -
             "spec": {"size": size},
         }
     )
+
+
+def persistent_volume_claim(name: str, namespace: str | None = None) -> str:
+    """A 1Gi ReadWriteOnce claim; it stays Pending (no storage provisioner runs)."""
+    return json.dumps(
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": _metadata(name, namespace),
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "resources": {"requests": {"storage": "1Gi"}},
+            },
+        }
+    )
+
+
+def in_namespace(manifest: str, namespace: str) -> str:
+    """`manifest` (as the builders above return it) with metadata.namespace set."""
+    obj = json.loads(manifest)
+    obj["metadata"]["namespace"] = namespace
+    return json.dumps(obj)

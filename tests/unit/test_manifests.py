@@ -585,7 +585,12 @@ def _dockerfile() -> dict[str, list[str]]:
 
 def test_image_matches_the_deployment(container: dict[str, Any]) -> None:
     docker = _dockerfile()
-    assert docker["FROM"] == ["python:3.11-slim"]
+    # The base is a build argument whose default is the public Python image.
+    assert docker["FROM"] == ["${BASE} AS build", "${BASE}"]
+    assert "BASE=python:3.11-slim" in docker["ARG"]
+    # Every Python package comes from a lock, with hashes.
+    run = " ".join(docker["RUN"])
+    assert "--require-hashes --no-deps -r /wheels/runtime.lock" in " ".join(run.split())
     user = docker["USER"][-1].split(":")[0]
     assert int(user) == container["securityContext"]["runAsUser"]
     command = json.loads(docker["ENTRYPOINT"][-1]) + json.loads(docker["CMD"][-1])
