@@ -8,8 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .render import Limits
-
-MiB = 1 << 20
+from .render.limits import MiB
 
 
 def _bool(name: str, default: bool) -> bool:
