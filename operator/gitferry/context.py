@@ -4,6 +4,7 @@ sync's git held at its last render (so that syncs can hand objects over)."""
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,8 @@ class Context:
     _sync_locks: dict[SyncKey, threading.Lock] = field(default_factory=dict)
     # Consecutive failed reconciles per sync: the retry backs off exponentially.
     _failures: dict[SyncKey, int] = field(default_factory=dict)
+    # Since when (time.monotonic()) each sync has waited for a busy repository.
+    _waiting: dict[SyncKey, float] = field(default_factory=dict)
     # Containers already reported as kept for what git declares inside them.
     _deferred: dict[SyncKey, frozenset[str]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -70,6 +73,7 @@ class Context:
             self._last_render.pop(key, None)
             self._last_warning.pop(key, None)
             self._failures.pop(key, None)
+            self._waiting.pop(key, None)
             self._deferred.pop(key, None)
             lock = self._sync_locks.get(key)
             if lock is not None and not lock.locked():
@@ -127,9 +131,20 @@ class Context:
             self._last_warning[key] = message
             return True
 
+    def start_waiting(self, key: SyncKey) -> None:
+        """The sync's reconcile was deferred: a busy repository or host."""
+        with self._lock:
+            self._waiting.setdefault(key, time.monotonic())
+
+    def waiting_since(self, key: SyncKey) -> float | None:
+        """When the sync began to wait for a busy repository (None: it does not)."""
+        with self._lock:
+            return self._waiting.get(key)
+
     def succeeded(self, key: SyncKey) -> None:
         """A reconcile succeeded: the next failure warns again and retries soon."""
         with self._lock:
+            self._waiting.pop(key, None)
             self._last_warning.pop(key, None)
             self._failures.pop(key, None)
 
@@ -139,6 +154,7 @@ class Context:
         `retry` and min(interval, 10 minutes) (controller-runtime's exponential
         backoff per item, bounded by the sync's own cadence)."""
         with self._lock:
+            self._waiting.pop(key, None)  # the wait ended, in a failure
             n = self._failures[key] = self._failures.get(key, 0) + 1
         cap = max(retry, min(interval, 600.0))
         return float(min(retry * 2 ** min(n - 1, 30), cap))

@@ -78,10 +78,6 @@ from .source import Checkout, GitCredentials
 
 log = logging.getLogger("gitferry.reconcile")
 
-# An answer of git this young (seconds) is good enough for a retry: it was asked
-# while this sync waited for the same repository.
-SHARED_ANSWER_SECONDS = 5.0
-
 
 @dataclass(frozen=True)
 class Result:
@@ -170,6 +166,7 @@ def _reconcile(ctx: Context, key: SyncKey) -> Result:
         summary = _pipeline(run, sync)
     except Deferred as e:  # nothing asked, nothing written: try again in a moment
         log.info("sync=%s action=reconcile result=deferred why=%s", run.key, e)
+        ctx.start_waiting(key)
         return Result(True, random.uniform(1.0, 3.0))
     except ShuttingDown as e:  # nothing is written: the next start redoes this reconcile
         log.info("sync=%s action=reconcile result=stopped why=%s", run.key, e)
@@ -316,9 +313,9 @@ def _fetch(run: Run, sync: Sync, spec_changed: bool, deadline: Deadline) -> Chec
         creds,
         deadline,
         max_age=max_age,
-        # A retry shares what another sync of the repository heard in the last
-        # seconds (success or failure) instead of asking again.
-        shared_age=0.0 if fresh else SHARED_ANSWER_SECONDS,
+        # A sync that waited for a busy repository shares the answer the other
+        # fetch got meanwhile instead of asking again.
+        shared_since=None if fresh else run.ctx.waiting_since(sync.key),
         reuse_failure=not fresh,
     )
     log.info(

@@ -88,15 +88,15 @@ class GitSource:
         credentials: GitCredentials | None,
         deadline: Deadline,
         max_age: float,
-        shared_age: float = 0.0,
+        shared_since: float | None = None,
         reuse_failure: bool = False,
     ) -> Checkout:
         """The files of the revision `ref` names at `url`.
 
-        The remote is asked about refs at most once per max(`max_age`,
-        `shared_age`) seconds per mirror (`shared_age`: an answer another caller
-        got while this one waited is good enough); a commit already in the mirror
-        is not fetched again. With `reuse_failure`, a failure of this repository,
+        The remote is asked about refs at most once per `max_age` seconds per
+        mirror; an answer got at or after `shared_since` (time.monotonic(): when
+        this caller began to wait for a busy repository) is good enough whatever
+        its age. A commit already in the mirror is not fetched again. With `reuse_failure`, a failure of this repository,
         or a timeout of its host, in the last `failure_ttl` seconds is raised
         again instead of asking.
 
@@ -116,10 +116,11 @@ class GitSource:
             with self._cache.locked_mirror(key, wait) as mirror:
                 if reuse_failure:
                     self._remembered_failure(mirror, parsed.host)
+                answer = mirror.refs
+                if shared_since is not None and answer is not None and answer.at >= shared_since:
+                    max_age = float("inf")  # asked while this caller waited: share it
                 try:
-                    return self._fetch_locked(
-                        mirror, session, want, deadline, max(max_age, shared_age)
-                    )
+                    return self._fetch_locked(mirror, session, want, deadline, max_age)
                 except FetchError as e:
                     self._remember(mirror, parsed.host, e)
                     raise
