@@ -230,6 +230,8 @@ def agreed_file(group: str, name: str) -> str:
     values = [t for t in map(_plain, VALUES) if t is not None]
     keys = [t for t in map(_plain, KEYS) if t is not None]
     refused = {".inf", ".Inf", "+.inf", "-.inf", ".nan", ".NaN", "!!int 1.5"}
+    refused_keys = {"~", "null", "12345678901234567890"}  # both readers refuse them
+    keys = [t for t in keys if t not in refused_keys]
     lines = ["count: 1e3", "values:"]
     lines += [f"  v{i}: {t}" for i, t in enumerate(values) if t not in refused]
     lines.append("keys:")
