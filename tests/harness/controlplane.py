@@ -102,6 +102,8 @@ class ControlPlane:
     admin_token: str = ""
     pids: dict[str, int] = field(default_factory=dict)
     _procs: list[subprocess.Popen[bytes]] = field(default_factory=list, repr=False)
+    # Each component's command line, so that one can be started again as it was.
+    _argv: dict[str, list[str]] = field(default_factory=dict, repr=False)
 
     @property
     def kubeconfig(self) -> Path:
@@ -151,6 +153,7 @@ class ControlPlane:
             start_new_session=True,
         )
         log.close()
+        self._argv[name] = argv
         self.pids[name] = proc.pid
         self._procs.append(proc)  # lets start() notice an early exit
         (self.state_dir / "pids.json").write_text(json.dumps(self.pids))
@@ -225,6 +228,26 @@ class ControlPlane:
         (d / "server").write_text(self.server)
         (d / "admin-token").write_text(self.admin_token)
 
+    # --- faults (tests/e2e/test_faults.py) -----------------------------------
+    def stop_apiserver(self, grace: float = 15) -> None:
+        """Stop kube-apiserver alone (SIGTERM, by pid; SIGKILL after `grace` seconds:
+        it stops listening at once but may take long to exit); etcd and its data
+        stay, and kube-controller-manager keeps running and retrying."""
+        pid = self.pids.pop("kube-apiserver", None)
+        if pid:
+            _stop_pid(pid, "kube-apiserver", self._procs, grace)
+        # A stopped component is no early exit for _check_alive to report.
+        self._procs = [p for p in self._procs if p.pid != pid]
+        (self.state_dir / "pids.json").write_text(json.dumps(self.pids))
+
+    def start_apiserver(self, timeout: float = 120) -> None:
+        """Start kube-apiserver again with the command line it had: the same port,
+        certificates, tokens, etcd and audit log; returns once /readyz answers."""
+        if "kube-apiserver" in self.pids:
+            raise RuntimeError("kube-apiserver is already running")
+        self._spawn("kube-apiserver", self._argv["kube-apiserver"])
+        self._wait_ready(timeout)
+
     def _check_alive(self, what: str) -> None:
         for p in self._procs:
             if p.poll() is not None:
@@ -287,7 +310,7 @@ def _is_ours(pid: int, name: str) -> bool:
     return Path(argv0).name == name
 
 
-def _stop_pid(pid: int, name: str, procs: list[subprocess.Popen[bytes]]) -> None:
+def _stop_pid(pid: int, name: str, procs: list[subprocess.Popen[bytes]], grace: float = 15) -> None:
     proc = next((p for p in procs if p.pid == pid), None)
     if proc is None and not _is_ours(pid, name):
         return
@@ -295,7 +318,7 @@ def _stop_pid(pid: int, name: str, procs: list[subprocess.Popen[bytes]]) -> None
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
         return
-    end = time.monotonic() + 15
+    end = time.monotonic() + grace
     while time.monotonic() < end:
         if proc is not None:
             if proc.poll() is not None:

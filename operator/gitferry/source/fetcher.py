@@ -310,10 +310,11 @@ class GitSource:
         with self._fetch_slot(session, deadline):
             try:
                 session.run(args, action="fetch", git_dir=mirror.path, wanted=wanted)
-            except SourceError:
-                if session.killed:
-                    # A killed fetch can leave lock files behind: start the mirror afresh.
-                    self._cache.reset_mirror(mirror)
+            except (SourceError, DeadlineExceeded):
+                # A failed fetch can leave what it wrote behind: lock files after a
+                # kill, loose objects and tmp_obj_* after a full disk (which the
+                # cache's accounting never sees). Start the mirror afresh.
+                self._cache.reset_mirror(mirror)
                 raise
 
     def _verify_commit(self, mirror: Mirror, session: GitSession, refname: str, wanted: str) -> str:
