@@ -386,3 +386,18 @@ def test_adopting_an_object_a_controller_touched_since_it_was_read_still_succeed
     changes = eng.apply([adopted], Deadline.after(30), live)
 
     assert [c.action for c in changes.changes] == [Action.CONFIGURED]
+
+
+def test_an_object_whose_crd_was_deleted_since_discovery_names_the_missing_kind(
+    fake: FakeKube,
+) -> None:
+    fake.seed(crd_manifest("example.com", "Widget", "widgets"))
+    eng = engine(fake)  # discovery still lists Widgets
+    fake.kube.request(
+        "DELETE", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/widgets.example.com"
+    )
+    widget = manifest("example.com/v1", "Widget", "w1", "team")
+    with pytest.raises(ApplyError) as e:
+        eng.apply([item(widget)], Deadline.after(30))
+    assert "Widget/team/w1 (team/w1.yaml): the API serves no example.com/v1 Widget" in str(e.value)
+    assert "is its CRD installed?" in str(e.value)

@@ -185,6 +185,11 @@ class Engine:
             content_type=APPLY_PATCH,
         )
 
+    def _kind_gone(self, it: Item, deadline: Deadline) -> bool:
+        """After a 404 on an apply: is it the kind (a CRD deleted) that is missing?"""
+        self.discovery.refresh(deadline)
+        return self.resource_for(it.obj) is None
+
     def _takeover(self, it: Item, live: dict[str, Any]) -> list[dict[str, Any]] | None:
         return takeover_patch(live, self.options.field_manager, str(it.obj.get("apiVersion")))
 
@@ -268,6 +273,13 @@ class Engine:
                             f"{it.where()}: {e.message} (an immutable field changed: set spec.force "
                             "or the annotation gitferry.dev/force: enabled to recreate it)"
                         ),
+                    )
+                if e.not_found and self._kind_gone(it, deadline):
+                    kind = f"{it.obj.get('apiVersion')} {it.ref.kind}"
+                    return (
+                        it,
+                        "error",
+                        f"{it.where()}: the API serves no {kind} (is its CRD installed?)",
                     )
                 return it, "error", f"{it.where()}: {e.message}"
             if current is None:
