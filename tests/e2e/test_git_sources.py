@@ -318,6 +318,26 @@ def test_repository_over_the_size_limit_is_refused(tmp_path: Path, app: WorkRepo
         small.close()
 
 
+def test_a_checkout_bigger_than_the_limit_is_refused_before_it_is_written(
+    tmp_path: Path, app: WorkRepo
+) -> None:
+    # 100 MiB of zeros outside any spec.path: a few KiB in the mirror, 100 MiB on disk.
+    app.commit({"deploy/cm.yaml": "a: 1\n", "assets/zeros.bin": bytes(100 * 1024 * 1024)}, "zeros")
+    app.push()
+    small = GitSource(
+        SourceSettings(cache_dir=tmp_path / "c", allow_file_urls=True, max_repo_bytes=5 << 20)
+    )
+    try:
+        with pytest.raises(
+            FetchError, match=r"holds \d+ files of 100\.0 MiB, over the limit of 5\.0 MiB"
+        ):
+            fetch(small, app.bare.file_url)
+        written = sum(p.stat().st_size for p in small._cache.root.rglob("*") if p.is_file())
+        assert written < 5 << 20, f"{written} bytes written to the cache"
+    finally:
+        small.close()
+
+
 def test_least_recently_used_trees_and_mirrors_are_evicted(
     tmp_path: Path,
     repo_factory: RepoFactory,
