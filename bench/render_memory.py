@@ -138,7 +138,7 @@ def measure() -> str:
             g = _child(_RENDER, operator, str(plain), "threads")
             k = _child(_KUBECTL, kubectl, str(d))
             rows.append(
-                f"| {name} | {g['cpu_s']:.1f} s | {g['peak_mib'] - g['base_mib']:.0f} MiB "
+                f"| {name} | {g['cpu_s']:.1f} s | {g['peak_mib']:.0f} MiB ({g['base_mib']:.0f}) "
                 f"| {k['cpu_s']:.1f} s | {k['peak_mib']:.0f} MiB |"
             )
         densest = Path(tmp) / "plain-shape1"  # the most memory per byte
@@ -153,10 +153,11 @@ def measure() -> str:
             "",
             "One 4.9 MiB YAML file (the per-file limit is 5 MiB) rendered by",
             "`gitferry.render.render()` in a fresh process, beside `kubectl kustomize` of",
-            "the same file (kubectl's own YAML reading). Memory: peak RSS above the",
-            "process's RSS before rendering (for kubectl, its whole peak RSS).",
+            "the same file (kubectl's own YAML reading). Memory: the whole process's",
+            "peak RSS, for gitferry with its RSS before rendering (Python and the",
+            "imports) in brackets.",
             "",
-            "| file | gitferry CPU | gitferry memory | kubectl CPU | kubectl peak RSS |",
+            "| file | gitferry CPU | gitferry peak RSS | kubectl CPU | kubectl peak RSS |",
             "|---|---:|---:|---:|---:|",
             *rows,
             "",
