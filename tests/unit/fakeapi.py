@@ -813,7 +813,9 @@ class FakeKube:
         self._check_body(t, body)
         current = self._s.objects.get(t.key)
         if current is None:
-            return self._new_object(t, body, call)
+            created = copy.deepcopy(body)
+            _record_apply(created, call.query["fieldManager"], body)
+            return self._new_object(t, created, call)
         meta = body.get("metadata") or {}
         self._preconditions(t, current, meta.get("uid"), meta.get("resourceVersion"))
         body = copy.deepcopy(body)
@@ -821,6 +823,7 @@ class FakeKube:
         for k in ("resourceVersion", "uid", "creationTimestamp", "generation", "managedFields"):
             body.get("metadata", {}).pop(k, None)
         new = merge_patch(copy.deepcopy(current), body)
+        _record_apply(new, call.query["fieldManager"], body)
         self._validate(t, current, new)
         return self._write(t, current, new, call)
 
@@ -967,3 +970,40 @@ def _dig(obj: Any, path: tuple[str, ...]) -> Any:
     for p in path:
         obj = obj.get(p) if isinstance(obj, dict) else None
     return obj
+
+
+def _applied_fields(value: Any, top: bool = True) -> dict[str, Any]:
+    """A simplified fieldsV1 of an applied body: maps become `f:<key>` trees,
+    anything else a leaf; apiVersion, kind and the object's name are left out,
+    as the API server leaves them out. (The real set also tracks list items.)"""
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        if top and key in ("apiVersion", "kind"):
+            continue
+        if top and key == "metadata" and isinstance(item, dict):
+            item = {k: v for k, v in item.items() if k not in ("name", "namespace")}
+            if not item:
+                continue
+        out[f"f:{key}"] = _applied_fields(item, False) if isinstance(item, dict) and item else {}
+    return out
+
+
+def _record_apply(obj: Obj, manager: str, body: Obj) -> None:
+    """Set `manager`'s Apply entry to the fields of `body`, as server-side apply
+    does (the simplification: no fields move from other managers)."""
+    meta = obj.setdefault("metadata", {})
+    entries = [
+        e
+        for e in meta.get("managedFields") or []
+        if (e.get("manager"), e.get("operation")) != (manager, "Apply")
+    ]
+    entries.append(
+        {
+            "manager": manager,
+            "operation": "Apply",
+            "apiVersion": obj.get("apiVersion", ""),
+            "fieldsType": "FieldsV1",
+            "fieldsV1": _applied_fields(body),
+        }
+    )
+    meta["managedFields"] = entries

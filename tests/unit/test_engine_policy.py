@@ -353,9 +353,12 @@ def test_adopting_an_object_kubectl_made_takes_over_its_fields_before_applying(
     assert write.content_type == "application/apply-patch+yaml"
     after = fake.object("v1", "ConfigMap", "legacy", "team")
     assert after is not None and LAST_APPLIED not in after["metadata"].get("annotations", {})
-    (entry,) = after["metadata"]["managedFields"]
-    assert (entry["manager"], entry["operation"]) == ("gitferry", "Apply")
-    assert entry["fieldsV1"] == {"f:data": {"f:x": {}, "f:old": {}}}
+    # Only what git sets (data.x) changes hands; data.old, which git does not set,
+    # stays kubectl's: adopting never resets a field git leaves out.
+    entries = {e["manager"]: e["fieldsV1"] for e in after["metadata"]["managedFields"]}
+    assert entries["kubectl-client-side-apply"] == {"f:data": {"f:old": {}}}
+    assert entries["gitferry"]["f:data"] == {"f:x": {}}
+    assert after["data"]["old"] == "gone-from-git"
 
 
 def test_adopting_an_object_no_tool_manages_writes_nothing_when_it_already_matches(

@@ -24,7 +24,7 @@ from .client import APPLY_PATCH, JSON_PATCH, Kube
 from .discovery import Discovery, Resource
 from .errors import ApplyError, KubeError
 from .kinds import NEVER_RECREATE, apply_rank, is_first_stage
-from .managedfields import takeover_patch
+from .managedfields import applied_fields, takeover_patch
 from .refs import ObjRef
 
 # How the API server words "this field cannot change". Older servers reject a
@@ -190,8 +190,17 @@ class Engine:
         self.discovery.refresh(deadline)
         return self.resource_for(it.obj) is None
 
-    def _takeover(self, it: Item, live: dict[str, Any]) -> list[dict[str, Any]] | None:
-        return takeover_patch(live, self.options.field_manager, str(it.obj.get("apiVersion")))
+    def _takeover(
+        self, it: Item, live: dict[str, Any], dry: dict[str, Any]
+    ) -> list[dict[str, Any]] | None:
+        """The take-over patch of an adopted object: the fields the dry-run says
+        this apply sets, moved from people's tools to the field manager."""
+        applying = applied_fields(dry, self.options.field_manager)
+        if applying is None:
+            return None
+        return takeover_patch(
+            live, self.options.field_manager, str(it.obj.get("apiVersion")), applying
+        )
 
     def _recreate(self, it: Item, deadline: Deadline) -> None:
         res = self.resource_for(it.obj)
@@ -245,13 +254,15 @@ class Engine:
     def _apply_stage(
         self, stage: list[Item], live: dict[ObjRef, dict[str, Any] | None], deadline: Deadline
     ) -> list[Change]:
+        dry_runs: dict[ObjRef, dict[str, Any]] = {}  # what each dry-run returned
+
         # 1. Dry-run everything; collect every failure.
         def plan(it: Item) -> tuple[Item, str, str | None]:
             current = live.get(it.ref)
             if it.create_only and current is not None:
                 return it, "skip", None
             try:
-                dry = self._apply(it, deadline, dry_run=True)
+                dry = dry_runs[it.ref] = self._apply(it, deadline, dry_run=True)
             except KubeError as e:
                 if current is not None and e.invalid and _IMMUTABLE.search(e.message):
                     key = (it.ref.group, it.ref.kind)
@@ -290,7 +301,7 @@ class Engine:
                 # revision annotation): compare with what is there now.
                 current = self.get(it.obj, deadline) or current
                 live[it.ref] = current  # the take-over patch tests this resourceVersion
-            if it.take_over and self._takeover(it, current) is not None:
+            if it.take_over and self._takeover(it, current, dry) is not None:
                 return it, "configure", None
             if _comparable(dry) == _comparable(current):
                 return it, "unchanged", None
@@ -322,7 +333,11 @@ class Engine:
                         self._recreate(it, deadline)
                         return Change(it.ref, Action.RECREATED, version)
                     current = live.get(it.ref)
-                    patch = self._takeover(it, current) if it.take_over and current else None
+                    patch = (
+                        self._takeover(it, current, dry_runs[it.ref])
+                        if it.take_over and current and it.ref in dry_runs
+                        else None
+                    )
                     if patch is not None:
                         res = self.resource_for(it.obj)
                         assert res is not None  # the dry-run found it

@@ -8,7 +8,8 @@ when it migrates from client-side apply (client-go's `csaupgrade`): it moves the
 old managers' field sets into its own Apply entry with one JSON patch guarded by
 the resourceVersion, and drops the last-applied annotation. This does the same
 for a configurable set of managers — people's tools, never controllers, whose
-fields (a Deployment's revision annotation, an HPA's replicas) are not ours.
+fields (a Deployment's revision annotation, an HPA's replicas) are not ours —
+and only for the fields the adopting apply sets itself.
 """
 
 from __future__ import annotations
@@ -55,15 +56,65 @@ def _union(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _intersect(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """The fields in both fieldsV1 sets."""
+    out: dict[str, Any] = {}
+    for key, value in a.items():
+        if key not in b:
+            continue
+        other = b[key]
+        if isinstance(value, dict) and isinstance(other, dict) and value and other:
+            inner = _intersect(value, other)
+            if inner:
+                if "." in value:  # the map or list item itself goes with what it holds
+                    inner["."] = {}
+                out[key] = inner
+        else:
+            out[key] = {}
+    return out
+
+
+def _subtract(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """The fields of `a` that are not in `b`."""
+    out: dict[str, Any] = {}
+    for key, value in a.items():
+        if key not in b:
+            out[key] = copy.deepcopy(value)
+            continue
+        other = b[key]
+        if isinstance(value, dict) and value and isinstance(other, dict) and other:
+            inner = _subtract(value, other)
+            if inner:
+                out[key] = inner
+    return out
+
+
+def applied_fields(obj: dict[str, Any], manager: str) -> dict[str, Any] | None:
+    """The fieldsV1 of `manager`'s Apply entry on the main resource, or None."""
+    for e in (obj.get("metadata") or {}).get("managedFields") or []:
+        if (e.get("manager"), e.get("operation")) == (manager, "Apply") and not e.get(
+            "subresource"
+        ):
+            fields = e.get("fieldsV1")
+            return fields if isinstance(fields, dict) else {}
+    return None
+
+
 def takeover_patch(
     live: dict[str, Any],
     manager: str,
     api_version: str,
+    applying: dict[str, Any],
     managers: Iterable[tuple[str, str]] = TAKEN_OVER_MANAGERS,
 ) -> list[dict[str, Any]] | None:
-    """A JSON patch (RFC 6902) that moves the fields of `managers` on the main
-    resource (not status) into `manager`'s Apply entry at `api_version`, and
-    removes the last-applied annotation; None when there is nothing to move.
+    """A JSON patch (RFC 6902) that moves, from the entries of `managers` on the
+    main resource (not status) into `manager`'s Apply entry at `api_version`,
+    the fields `manager` is applying (`applying`: its fieldsV1 in a dry-run of
+    the apply), and removes the last-applied annotation; None when there is
+    nothing to do. Fields the applier does not set stay with their managers:
+    `kubectl scale`'s replicas or `kubectl set resources`'s limits are left
+    alone, while a key git sets now is git's alone, so removing it from git
+    later removes it from the object.
 
     The first operation tests metadata.resourceVersion: a concurrent write makes
     the API server refuse the patch (409/422) instead of losing an update."""
@@ -79,11 +130,16 @@ def takeover_patch(
         if key == (manager, "Apply") and not e.get("subresource"):
             ours = e
         elif key in wanted and same_version and not e.get("subresource"):
-            moved = _union(moved, e.get("fieldsV1") or {})
-            continue
+            fields = e.get("fieldsV1") or {}
+            taken = _intersect(fields, applying)
+            if taken:
+                moved = _union(moved, taken)
+                # The last-applied annotation goes away: nobody should own it.
+                rest = _without(_subtract(fields, taken), _LAST_APPLIED_PATH)
+                if rest:
+                    kept.append(dict(e, fieldsV1=rest))
+                continue
         kept.append(e)
-    # The last-applied annotation goes away: nobody should own it.
-    (moved.get("f:metadata") or {}).get("f:annotations", {}).pop(f"f:{LAST_APPLIED}", None)
     annotations = meta.get("annotations") or {}
     if not moved and LAST_APPLIED not in annotations:
         return None
@@ -107,3 +163,26 @@ def takeover_patch(
         escaped = LAST_APPLIED.replace("~", "~0").replace("/", "~1")
         patch.append({"op": "remove", "path": f"/metadata/annotations/{escaped}"})
     return patch
+
+
+_LAST_APPLIED_PATH = ("f:metadata", "f:annotations", f"f:{LAST_APPLIED}")
+
+
+def _without(fields: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
+    """`fields` without the field at `path`, and without the parents that held
+    nothing else (an emptied parent must not read as a leaf, which owns it all)."""
+    if not path or path[0] not in fields:
+        return fields
+    out = dict(fields)
+    if len(path) == 1:
+        del out[path[0]]
+        return out
+    child = fields[path[0]]
+    if not isinstance(child, dict) or not child:
+        return out  # a leaf: it owns the whole parent; leave it
+    inner = _without(child, path[1:])
+    if inner and set(inner) != {"."}:  # a bare "." marker owns nothing left
+        out[path[0]] = inner
+    else:
+        del out[path[0]]
+    return out
