@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 CLUSTER_DIR ?= .cluster
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: help venv lock prereqs controlplane lint typecheck unit e2e test cluster-up cluster-down demo demo-down bench clean
+.PHONY: help venv lock base-prereqs prereqs test-prereqs controlplane lint typecheck unit e2e test cluster-up cluster-down demo demo-down bench clean
 
 help:
 	@echo "make demo          start a local control plane + gitferry, sync examples/ (make demo-down stops it)"
@@ -38,16 +38,22 @@ lock:
 	@rm -f $(VENV)/.installed
 	@echo "locks refreshed: review the diff of requirements/*.lock, then make test"
 
-# sshd serves git over SSH in the tests (Debian's openssh-server); Docker builds
-# and runs the operator image in tests/e2e/test_image.py (hack/image/docker-up.sh).
-prereqs:
-	@command -v git >/dev/null || { echo "git is required" >&2; exit 1; }
-	@command -v openssl >/dev/null || { echo "openssl is required" >&2; exit 1; }
+# git and openssl for everything; sshd serves git over SSH in the tests
+# (Debian's openssh-server). `test-prereqs` adds Docker, which builds and runs
+# the operator image in tests/e2e/test_image.py (hack/image/docker-up.sh); the
+# demo needs neither sshd nor Docker.
+prereqs: base-prereqs
 	@if [ ! -x /usr/sbin/sshd ]; then \
 	  echo "installing openssh-server (for the SSH git server in tests)"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq openssh-server >/dev/null; \
 	fi
+
+base-prereqs:
+	@command -v git >/dev/null || { echo "git is required" >&2; exit 1; }
+	@command -v openssl >/dev/null || { echo "openssl is required" >&2; exit 1; }
+
+test-prereqs: prereqs
 	@bash hack/image/docker-up.sh
 
 controlplane:
@@ -78,11 +84,11 @@ typecheck: venv
 unit: venv
 	$(PY) -m pytest tests/unit -q
 
-e2e: venv prereqs controlplane
+e2e: venv test-prereqs controlplane
 	$(PY) -m pytest tests/e2e -q
 
 # One pytest run for everything: one closing line that counts every test.
-test: venv prereqs controlplane lint typecheck
+test: venv test-prereqs controlplane lint typecheck
 	$(PY) -m pytest tests -q -p no:cacheprovider
 
 cluster-up: venv controlplane
@@ -92,7 +98,7 @@ cluster-down: venv
 	@$(PY) -m tests.harness.controlplane down --dir $(CLUSTER_DIR)
 	@rm -rf $(CLUSTER_DIR)
 
-demo: venv prereqs controlplane
+demo: venv base-prereqs controlplane
 	@bash hack/demo.sh
 
 demo-down: venv

@@ -6,6 +6,7 @@ dataclasses; nothing below the handlers pokes at the raw dict.
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -14,6 +15,8 @@ from typing import Any
 from .constants import ANNOTATION_REQUESTED_AT, GROUP, PLURAL, READY, VERSION
 from .errors import InvalidSpec
 from .source import GitRef
+
+log = logging.getLogger("gitferry.api")
 
 # Go-style durations, as Flux and kubectl write them: "1h30m", "45s", "500ms".
 _DURATION_RE = re.compile(r"^(?:(\d+(?:\.\d+)?)(ms|s|m|h))+$")
@@ -94,6 +97,18 @@ class InventoryEntry:
     v: str
 
 
+def _valid_id(value: Any) -> bool:
+    """An inventory id gitferry can act on (`ns_name_group_Kind`, at least four
+    parts). Another shape (a hand edit, a restore from elsewhere) is left out:
+    an object it would name is never deleted on a guess, and the labels still
+    find what the sync owns."""
+    if not isinstance(value, str) or value.count("_") < 3:
+        if value:
+            log.warning("action=inventory-entry-ignored id=%r", value)
+        return False
+    return True
+
+
 def now() -> str:
     """The current time as the API writes it (RFC 3339, seconds, UTC)."""
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -155,7 +170,7 @@ class SyncStatus:
             inventory = tuple(
                 InventoryEntry(id=str(e["id"]), v=str(e.get("v", "")))
                 for e in inv_raw.get("entries") or []
-                if isinstance(e, dict) and e.get("id")
+                if isinstance(e, dict) and _valid_id(e.get("id"))
             )
         generation = raw.get("observedGeneration")
         return cls(

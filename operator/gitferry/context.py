@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,23 @@ from .source import GitSource
 from .status import StatusWriter
 
 
+class SyncLock:
+    """A lock that can be weakly referenced (threading.Lock cannot)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> SyncLock:
+        self._lock.acquire()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._lock.release()
+
+    def locked(self) -> bool:
+        return self._lock.locked()
+
+
 @dataclass
 class Context:
     kube: Kube
@@ -29,7 +47,11 @@ class Context:
     _last_warning: dict[SyncKey, str] = field(default_factory=dict)
     # What each sync's git held at its last render: decides hand-overs.
     _last_render: dict[SyncKey, frozenset[str]] = field(default_factory=dict)
-    _sync_locks: dict[SyncKey, threading.Lock] = field(default_factory=dict)
+    # One lock per sync, alive while someone holds or waits for it: the map never
+    # grows with every sync ever seen, and two threads always share one lock.
+    _sync_locks: weakref.WeakValueDictionary[SyncKey, SyncLock] = field(
+        default_factory=weakref.WeakValueDictionary
+    )
     # Consecutive failed reconciles per sync: the retry backs off exponentially.
     _failures: dict[SyncKey, int] = field(default_factory=dict)
     # Since when (time.monotonic()) each sync has waited for a busy repository.
@@ -61,23 +83,22 @@ class Context:
         if self.stopping.is_set():
             raise ShuttingDown(f"the operator is stopping; {stage} did not start")
 
-    def sync_lock(self, key: SyncKey) -> threading.Lock:
+    def sync_lock(self, key: SyncKey) -> SyncLock:
         """Held by a reconcile and by the finalizer of one sync: they never overlap."""
         with self._lock:
-            return self._sync_locks.setdefault(key, threading.Lock())
+            lock = self._sync_locks.get(key)
+            if lock is None:
+                lock = self._sync_locks[key] = SyncLock()
+            return lock
 
     def forget(self, key: SyncKey) -> None:
-        """A deleted sync's memory must not judge a new one of the same name; its
-        lock goes too, so the map does not grow with every sync ever seen."""
+        """A deleted sync's memory must not judge a new one of the same name."""
         with self._lock:
             self._last_render.pop(key, None)
             self._last_warning.pop(key, None)
             self._failures.pop(key, None)
             self._waiting.pop(key, None)
             self._deferred.pop(key, None)
-            lock = self._sync_locks.get(key)
-            if lock is not None and not lock.locked():
-                del self._sync_locks[key]
 
     def remember_render(self, key: SyncKey, ids: set[str]) -> None:
         with self._lock:
@@ -118,8 +139,14 @@ class Context:
         """Apply and prune as the sync's ServiceAccount (impersonated), else as the
         operator's default one, else as the operator itself. One connection pool
         serves every identity (kube.Kube.as_user)."""
-        sa = sync.spec.service_account_name or self.settings.default_service_account
-        user = f"system:serviceaccount:{sync.key.namespace}:{sa}" if sa else None
+        return self.client_as(sync.key.namespace, sync.spec.service_account_name)
+
+    def client_as(self, namespace: str, service_account: str | None) -> Kube:
+        """The client for a sync of `namespace` naming `service_account` (or none):
+        also for a sync whose spec does not parse, which must never fall back to
+        the operator's own identity."""
+        sa = service_account or self.settings.default_service_account
+        user = f"system:serviceaccount:{namespace}:{sa}" if sa else None
         return self.kube.as_user(user)
 
     def warn_once(self, key: SyncKey, message: str) -> bool:

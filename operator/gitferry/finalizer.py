@@ -42,10 +42,12 @@ def _finalize(ctx: Context, key: SyncKey, body: dict[str, Any]) -> None:
         sync = parse_sync(body)
         prune, suspended = sync.spec.prune, sync.spec.suspend
         timeout, client = sync.spec.timeout, ctx.client_for(sync)
-    except SyncError:  # an invalid spec: the defaults, as the operator
+    except SyncError:  # an invalid spec: the defaults, as the identity it names
         prune = raw.get("prune", True) is not False
         suspended = raw.get("suspend") is True
-        timeout, client = 120.0, ctx.kube
+        sa = raw.get("serviceAccountName")
+        timeout = 120.0
+        client = ctx.client_as(key.namespace, sa if isinstance(sa, str) and sa else None)
     deadline = Deadline.after(timeout)
     meta = body.get("metadata") or {}
     uid = str(meta.get("uid", ""))

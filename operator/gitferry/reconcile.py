@@ -162,6 +162,7 @@ def _reconcile(ctx: Context, key: SyncKey) -> Result:
         if sync.spec.suspend:
             with in_stage(Stage.STATUS):
                 run.write(status.suspended())
+            ctx.succeeded(key)  # no failure streak or wait survives a suspend
             return Result(True, _jitter(sync.spec.interval, ctx.settings.interval_jitter))
         summary = _pipeline(run, sync)
     except Deferred as e:  # nothing asked, nothing written: try again in a moment

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from dataclasses import dataclass
+import threading
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from .api import SyncKey
@@ -27,6 +29,8 @@ log = logging.getLogger("gitferry.runtime")
 class Runtime:
     context: Context
     scheduler: Scheduler[SyncKey]
+    _finalizing: threading.Condition = field(default_factory=threading.Condition)
+    _running_finalizers: int = 0
 
     @classmethod
     def start(cls, settings: Settings | None = None) -> Runtime:
@@ -82,13 +86,24 @@ class Runtime:
         await asyncio.get_running_loop().run_in_executor(None, self._finalize, key, body)
 
     def _finalize(self, key: SyncKey, body: dict[str, Any]) -> None:
-        finalize(self.context, key, body)
+        with self._finalizing:
+            self._running_finalizers += 1
+        try:
+            finalize(self.context, key, body)
+        finally:
+            with self._finalizing:
+                self._running_finalizers -= 1
+                self._finalizing.notify_all()
 
     def close(self, grace: float = 20.0) -> None:
         """Graceful stop: no stage starts after this (running reconciles end at
         their next stage boundary and never prune), wait up to `grace` seconds
         for them, and only then remove the cache and close the API pool."""
         self.context.stopping.set()
+        end = time.monotonic() + grace
         self.scheduler.close(grace)
+        with self._finalizing:  # finalizers stop at their next stage boundary too
+            while self._running_finalizers and time.monotonic() < end:
+                self._finalizing.wait(max(0.0, end - time.monotonic()))
         self.context.source.close()
         self.context.kube.close()

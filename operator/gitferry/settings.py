@@ -10,12 +10,18 @@ from pathlib import Path
 from .render import Limits
 from .render.limits import MiB
 
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
 
 def _bool(name: str, default: bool) -> bool:
     value = os.environ.get(name)
     if value is None:
         return default
-    return value.strip().lower() in {"1", "true", "yes", "on"}
+    word = value.strip().lower()
+    if word not in _TRUE | _FALSE:
+        raise SettingsError(f"{name}={value!r}: not one of true, false, 1, 0, yes, no, on, off")
+    return word in _TRUE
 
 
 class SettingsError(ValueError):

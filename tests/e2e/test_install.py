@@ -50,7 +50,9 @@ def test_crd_is_established_and_printer_columns_show(
         ({"interval": "0s"}, "spec.interval", "between 1s and 720h"),
         ({"ref": {"commit": "ab" * 32}}, "spec.ref.commit", "40"),
         ({"retryInterval": "0.0001ms"}, "spec.retryInterval", "between 1s and 720h"),
-        ({"timeout": "3000000h"}, "spec.timeout", ""),
+        ({"timeout": "3000000h"}, "spec.timeout", "between 1s and 720h"),
+        ({"interval": "720h0m1s"}, "spec.interval", "between 1s and 720h"),
+        ({"interval": "0" * 34 + "s"}, "spec.interval", "32"),
         ({"path": "../other-team"}, "spec.path", "must stay inside the repository"),
         ({"path": "/etc"}, "spec.path", "must stay inside the repository"),
     ],
@@ -65,6 +67,18 @@ def test_bad_specs_are_rejected_at_admission(
     )
     assert proc.returncode != 0, "the API server accepted a bad spec"
     assert field in proc.stderr and words in proc.stderr, proc.stderr
+
+
+def test_a_name_that_cannot_be_a_label_value_is_rejected_at_admission(
+    gitferry_installed: Cluster, namespace: str
+) -> None:
+    body = _sync("x" * 64, namespace)
+    proc = gitferry_installed.kubectl(
+        "apply", "-f", "-", input=__import__("json").dumps(body), check=False
+    )
+    assert proc.returncode != 0, "the API server accepted a 64-character sync name"
+    assert "metadata.name must be at most 63 characters" in proc.stderr, proc.stderr
+    gitferry_installed.apply(_sync("x" * 63, namespace, suspend=True))
 
 
 def test_branch_with_commit_is_allowed(gitferry_installed: Cluster, namespace: str) -> None:

@@ -165,6 +165,11 @@ def test_status_round_trips_through_its_one_model() -> None:
     assert SyncStatus.from_dict({"inventory": {}}).inventory == ()
 
 
+def test_an_inventory_entry_gitferry_cannot_read_is_left_out_not_fatal() -> None:
+    raw = {"inventory": {"entries": [{"id": "garbage", "v": "v1"}, {"id": "a_b__ConfigMap"}]}}
+    assert SyncStatus.from_dict(raw).inventory == (InventoryEntry("a_b__ConfigMap", ""),)
+
+
 def test_a_status_patch_removes_what_the_new_status_lacks() -> None:
     old = SyncStatus(observed_generation=1, last_applied_revision="main@sha1:a")
     new = SyncStatus(observed_generation=2)

@@ -181,7 +181,7 @@ RENDER_PATHS = st.sampled_from(
 # .gitferryignore lines: gitignore syntax, some of it invalid.
 IGNORE_LINES = st.one_of(
     st.sampled_from(["*.json", "!keep.yaml", "deploy/", "**/deeper", "#c", "\\#x", "a b", "/"]),
-    st.text(alphabet="*!/\\#?[]ab. ", max_size=6),
+    st.text(alphabet="*!/\\#?[]-ab. ", max_size=6),
 )
 IGNORES = st.one_of(
     st.none(),
@@ -190,7 +190,7 @@ IGNORES = st.one_of(
 )
 
 
-@pytest.mark.parametrize("pattern", [b"!", b"x\\"])
+@pytest.mark.parametrize("pattern", [b"!", b"x\\", b"[z-a]"])
 def test_an_invalid_ignore_pattern_is_a_render_error(pattern: bytes) -> None:
     with workspace() as root:
         write_files(root, {".gitferryignore": pattern + b"\n", "a.yaml": b""})

@@ -61,6 +61,7 @@ def test_a_forgotten_sync_leaves_no_lock_or_state_behind(tmp_path: Path) -> None
         ("GITFERRY_FETCH_TIMEOUT", "0.5", "must be a finite number >= 1"),
         ("GITFERRY_INTERVAL_JITTER", "inf", "finite"),
         ("GITFERRY_MAX_FILE_BYTES", "-1", "must be at least 1"),
+        ("GITFERRY_ALLOW_FILE_URLS", "ture", "not one of true, false"),
     ],
 )
 def test_a_bad_setting_names_the_variable(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -136,7 +137,7 @@ class Renderer:
             for n, line in enumerate(lines, 1):
                 try:
                     pathspec.GitIgnoreSpec.from_lines([line])
-                except ValueError as e:  # pathspec's GitIgnorePatternError
+                except (ValueError, re.error) as e:  # pathspec's errors, a bad [z-a]
                     raise RenderError(f"{source}: line {n}: not a gitignore pattern: {e}") from None
             out.append(_Ignore(base, pathspec.GitIgnoreSpec.from_lines(lines)))
         return out

@@ -138,8 +138,9 @@ class GitSource:
         host, instead of asking again."""
         now = time.monotonic()
         ttl = self.settings.failure_ttl
-        if mirror.failure is not None and now - mirror.failed_at < ttl:
-            raise mirror.failure
+        failure = mirror.failure
+        if failure is not None and now - mirror.failed_at < ttl:
+            raise type(failure)(failure.message)  # a fresh one: many threads raise it
         with self._hosts_lock:
             host_failure = self._host_failures.get(host)
         if host and host_failure is not None and now - host_failure[0] < ttl:
