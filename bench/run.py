@@ -279,7 +279,8 @@ def machine(kubeconfig: Path, load: float) -> Machine:
 
 def wait_settled(kubeconfig: Path, timeout: float = 60) -> None:
     """Until kube-controller-manager has caught up with every Deployment (it writes
-    their revision annotation and status): from then on nothing but git changes them."""
+    their revision annotation and status) and their Pods are available (kwok makes
+    them Ready): from then on nothing but git changes them."""
     end = time.monotonic() + timeout
     while True:
         items = json.loads(kubectl(kubeconfig, "get", "deployments", "-n", NAMESPACE, "-o", "json"))
@@ -288,6 +289,7 @@ def wait_settled(kubeconfig: Path, timeout: float = 60) -> None:
             for d in items["items"]
             if "deployment.kubernetes.io/revision" not in (d["metadata"].get("annotations") or {})
             or (d.get("status") or {}).get("observedGeneration") != d["metadata"]["generation"]
+            or (d.get("status") or {}).get("availableReplicas", 0) != d["spec"]["replicas"]
         ]
         if not pending:
             return

@@ -96,8 +96,9 @@ else
     "$py" -m tests.harness.controlplane down --dir "$cluster_dir" >/dev/null
     rm -rf "$cluster_dir"
   fi
-  say "starting a local control plane (etcd, kube-apiserver, kube-controller-manager on 127.0.0.1)"
-  say "(the binaries are built from source on first use: ~10 minutes, progress below)"
+  say "starting a local control plane (etcd, kube-apiserver, kube-controller-manager,"
+  say "kube-scheduler on 127.0.0.1; kwok plays the kubelet of one fake Node)"
+  say "(the binaries are built from source on first use: ~10 minutes, kwok 3 more; progress below)"
   "$py" -m tests.harness.controlplane up --dir "$cluster_dir" >/dev/null
 fi
 
@@ -105,10 +106,10 @@ fi
 say "installing gitferry: kubectl apply -k manifests/"
 k apply -k manifests/ >/dev/null
 k wait --for=condition=Established --timeout=60s crd/gitrepositorysyncs.gitferry.dev >/dev/null
-# The local control plane has no nodes (no kubelet) and no gitferry image, so the
-# in-cluster Deployment could never run. The operator runs below as a local
-# process instead, under the same ServiceAccount and RBAC as the Deployment;
-# scaling the Deployment to 0 keeps a second operator from ever starting.
+# The local control plane's Node is kwok's: its Pods only pretend to run, so the
+# in-cluster Deployment could never really run gitferry. The operator runs below
+# as a local process instead, under the same ServiceAccount and RBAC as the
+# Deployment; scaling the Deployment to 0 keeps a second one from even pretending.
 k scale -n gitferry-system deployment/gitferry --replicas=0 >/dev/null
 # A new CRD answers 429 "storage is (re)initializing" for a moment; let that pass
 # before the operator starts listing it.
@@ -190,18 +191,26 @@ if ! k wait --for=condition=Ready -n default grs/demo --timeout=120s >/dev/null;
   echo "(everything is still running; make demo-down stops it)" >&2
   exit 1
 fi
+say "waiting for the Deployment's Pods to be Ready"
+if ! k rollout status -n demo-app deployment/web --timeout=60s >/dev/null; then
+  echo "deployment/web did not become ready within 60s:" >&2
+  k get deploy,pods -n demo-app -o wide >&2 || true
+  echo "(everything is still running; make demo-down stops it)" >&2
+  exit 1
+fi
 
 echo
 echo "\$ kubectl get grs -A"
 k get grs -A
 echo
-echo "\$ kubectl get deploy,svc,cm -n demo-app"
-k get deploy,svc,cm -n demo-app
+echo "\$ kubectl get deploy,pods,svc,cm -n demo-app"
+k get deploy,pods,svc,cm -n demo-app
 cat <<EOF
 
 gitferry is syncing $repo_url (path deploy, every 30s).
-The control plane has no nodes, so the Deployment's Pods stay Pending; every
-object is real and is kept in line with git.
+Every object is real and is kept in line with git. The Pods are scheduled onto a
+fake Node whose kubelet is kwok: they report Running and Ready, but no container
+runs (nginx is never pulled).
 
   export KUBECONFIG=$admin_kubeconfig
   kubectl get grs -A -o wide
@@ -213,7 +222,7 @@ Change the app: edit a file in the work clone, commit and push; the next sync
   sed -i 's/replicas: 2/replicas: 3/' deploy/deployment.yaml
   git commit -qam 'Three replicas' && git push -q
   kubectl annotate grs/demo gitferry.dev/requested-at="\$(date +%s)" --overwrite
-  kubectl get deploy web -n demo-app
+  kubectl get deploy web -n demo-app    # 3/3 ready a few seconds later
 
 Operator log: $log_file
 Stop and remove everything: make demo-down

@@ -1,4 +1,6 @@
-"""A real Kubernetes control plane on 127.0.0.1: etcd, kube-apiserver, kube-controller-manager.
+"""A real Kubernetes control plane on 127.0.0.1: etcd, kube-apiserver,
+kube-controller-manager, kube-scheduler, and kwok with one fake Node, so Pods are
+scheduled and become Ready (or never ready, or crash, on request: FAKE_POD_ANNOTATION).
 
 The binaries come from hack/controlplane/build.sh (built from the Go module proxy,
 cached outside the repo). Everything listens on loopback with free ports, lives in
@@ -25,9 +27,25 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO / "hack" / "controlplane" / "build.sh"
+# gitferry's own kwok Stages; kwok's come from the build cache (kwok-stages.yaml).
+TEST_POD_STAGES = REPO / "hack" / "controlplane" / "kwok" / "test-pod-stages.yaml"
+# A Pod annotated with this key and `never-ready` runs but never becomes ready
+# (containers waiting, ContainerCreating); with `crash` it is in CrashLoopBackOff.
+FAKE_POD_ANNOTATION = "gitferry.dev/test-pod"
+
+# Services get ClusterIPs from SERVICE_CIDR (a /24 is full at ~250 Services; the
+# `kubernetes` Service keeps 10.0.0.1); Pods get IPs from POD_CIDR; the fake Node
+# reports NODE_IP. None of them is routed anywhere: nothing runs in a Pod.
+SERVICE_CIDR = "10.0.0.0/16"
+POD_CIDR = "10.244.0.0/16"
+NODE_IP = "10.240.0.1"
+NODE_NAME = "kwok-node-0"
+# kwok manages only the Nodes it is told to: the ones carrying this annotation.
+FAKE_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
 
 AUDIT_POLICY = """\
 apiVersion: audit.k8s.io/v1
@@ -42,7 +60,8 @@ rules:
 
 
 def build_binaries() -> Path:
-    """The bin dir with etcd, kube-apiserver and kube-controller-manager (built if missing)."""
+    """The bin dir with etcd, kube-apiserver, kube-controller-manager, kube-scheduler
+    and kwok (built if missing); kwok's Stages are in kwok-stages.yaml beside it."""
     # build.sh prints progress on stderr (inherited) and the bin dir on stdout.
     out = subprocess.run(
         ["bash", str(BUILD_SCRIPT)], check=True, stdout=subprocess.PIPE, text=True
@@ -140,7 +159,7 @@ class ControlPlane:
             raise
         return cp
 
-    def _spawn(self, name: str, argv: list[str]) -> None:
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         log = open(self.state_dir / f"{name}.log", "ab")  # noqa: SIM115 (owned by the child)
         proc = subprocess.Popen(
             argv,
@@ -148,6 +167,7 @@ class ControlPlane:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             cwd=self.state_dir,
+            env={**os.environ, **env} if env else None,
             # A new session: Ctrl-C in a terminal or pytest's signals don't reach them;
             # stop() ends them by pid.
             start_new_session=True,
@@ -197,7 +217,7 @@ class ControlPlane:
             f"--client-ca-file={pki / 'ca.crt'}",
             f"--token-auth-file={d / 'tokens.csv'}",
             "--authorization-mode=RBAC",
-            "--service-cluster-ip-range=10.0.0.0/24",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--allow-privileged=true",
             f"--service-account-issuer={self.server}",
             f"--service-account-key-file={pki / 'sa.pub'}",
@@ -225,14 +245,94 @@ class ControlPlane:
             "--use-service-account-credentials=false",
             "--v=0",
         ])  # fmt: skip
+        self._spawn("kube-scheduler", [
+            str(bin_dir / "kube-scheduler"),
+            f"--kubeconfig={self.kubeconfig}",
+            f"--authentication-kubeconfig={self.kubeconfig}",
+            f"--authorization-kubeconfig={self.kubeconfig}",
+            "--leader-elect=false",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={free_port()}",
+            "--v=0",
+        ])  # fmt: skip
+        # kwok serves nothing unless --server-address or --node-port is given, so
+        # parallel control planes cannot collide on a port. KWOK_WORKDIR keeps it
+        # from reading ~/.kwok/kwok.yaml or writing under the home directory.
+        self._spawn("kwok", [
+            str(bin_dir / "kwok"),
+            f"--kubeconfig={self.kubeconfig}",
+            "--manage-all-nodes=false",
+            "--manage-nodes-with-annotation-selector={}={}".format(*FAKE_NODE_ANNOTATION),
+            f"--cidr={POD_CIDR}",
+            f"--node-ip={NODE_IP}",
+            f"--config={bin_dir.parent / 'kwok-stages.yaml'}",
+            f"--config={TEST_POD_STAGES}",
+        ], env={"KWOK_WORKDIR": str(d / "kwok")})  # fmt: skip
+        self._create_node(NODE_NAME)
+        self._wait_node_ready(NODE_NAME, timeout=60)
         (d / "server").write_text(self.server)
         (d / "admin-token").write_text(self.admin_token)
+
+    # --- the fake Node ---------------------------------------------------------
+    def _api(self, method: str, path: str, body: object = None) -> dict[str, Any]:
+        """One request as admin; the decoded JSON answer."""
+        req = urllib.request.Request(
+            f"{self.server}{path}",
+            method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={
+                "Authorization": f"Bearer {self.admin_token}",
+                "Content-Type": "application/json",
+            },
+        )
+        ctx = ssl.create_default_context(cafile=str(self.ca_file))
+        with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
+            return json.loads(r.read())  # type: ignore[no-any-return]
+
+    def _create_node(self, name: str) -> None:
+        """A Node for kwok: no taint (ordinary Pods schedule on it) and room for
+        110 Pods. kwok writes its conditions, addresses and Lease, as a kubelet would."""
+        key, value = FAKE_NODE_ANNOTATION
+        resources = {"cpu": "32", "memory": "256Gi", "pods": "110"}
+        self._api("POST", "/api/v1/nodes", {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": name,
+                "annotations": {key: value, "node.alpha.kubernetes.io/ttl": "0"},
+                "labels": {
+                    "kubernetes.io/hostname": name,
+                    "kubernetes.io/os": "linux",
+                    "kubernetes.io/arch": "amd64",
+                    "type": "kwok",
+                },
+            },
+            # A Node's status may be set on create: kwok keeps this allocatable.
+            "status": {"allocatable": resources, "capacity": resources},
+        })  # fmt: skip
+
+    def _wait_node_ready(self, name: str, timeout: float) -> None:
+        """Until kwok has made the Node Ready and kube-controller-manager has lifted
+        the not-ready taint it puts on a new Node: then Pods schedule at once."""
+        end = time.monotonic() + timeout
+        last: object = None
+        while time.monotonic() < end:
+            self._check_alive(f"waiting for Node {name} to be Ready")
+            node = self._api("GET", f"/api/v1/nodes/{name}")
+            conditions = node.get("status", {}).get("conditions") or []
+            ready = any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+            taints = node.get("spec", {}).get("taints") or []
+            if ready and not taints:
+                return
+            last = {"ready": ready, "taints": taints}
+            time.sleep(0.1)
+        raise TimeoutError(f"Node {name} not Ready and untainted within {timeout}s: {last}")
 
     # --- faults (tests/e2e/test_faults.py) -----------------------------------
     def stop_apiserver(self, grace: float = 15) -> None:
         """Stop kube-apiserver alone (SIGTERM, by pid; SIGKILL after `grace` seconds:
         it stops listening at once but may take long to exit); etcd and its data
-        stay, and kube-controller-manager keeps running and retrying."""
+        stay, and kube-controller-manager, kube-scheduler and kwok keep running and retrying."""
         pid = self.pids.pop("kube-apiserver", None)
         if pid:
             _stop_pid(pid, "kube-apiserver", self._procs, grace)
@@ -286,7 +386,7 @@ class ControlPlane:
     def stop(self) -> None:
         """Stop exactly the processes this control plane started, newest first."""
         pids = self.pids or _read_pids(self.state_dir)
-        for name in ("kube-controller-manager", "kube-apiserver", "etcd"):
+        for name in ("kwok", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"):
             pid = pids.get(name)
             if pid:
                 _stop_pid(pid, name, self._procs)

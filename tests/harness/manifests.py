@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-IMAGE = "registry.invalid/web:1"  # never pulled: no test waits for a Pod to run
+IMAGE = "registry.invalid/web:1"  # never pulled: kwok only pretends to run it
 
 
 def _metadata(

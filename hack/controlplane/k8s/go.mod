@@ -1,4 +1,4 @@
-// Wrapper module: builds kube-apiserver and kube-controller-manager from the
+// Wrapper module: builds kube-apiserver, kube-controller-manager and kube-scheduler from the
 // published k8s.io/kubernetes module (go install refuses its replace directives).
 module gitferry.dev/hack/k8s
 
