@@ -76,7 +76,7 @@ def docker(
     return proc
 
 
-def unavailable(why: str, fix: str = "`make prereqs` installs and starts Docker") -> None:
+def unavailable(why: str, fix: str = "`make test-prereqs` installs and starts Docker") -> None:
     """Under CI the image must be proven: fail. Elsewhere, skip and say why."""
     if os.environ.get("CI") == "true":
         pytest.fail(f"CI proves the operator image and {why}; {fix}", pytrace=False)
