@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.harness.cluster_fixtures import Operator
+from tests.harness.cluster_fixtures import Cluster, Operator
 from tests.harness.git_fixtures import RepoFactory
 from tests.harness.gitserver import HttpGitServer
 from tests.harness.manifests import config_map
@@ -28,10 +28,9 @@ rules:
 """
 
 
-def test_tenant_cannot_escalate_through_its_sync(
-    operator: Operator, namespace: str, repo_factory: RepoFactory
-) -> None:
-    cluster = operator.cluster
+def make_deployer(cluster: Cluster, namespace: str) -> None:
+    """A tenant's ServiceAccount `deployer` that may manage ConfigMaps of its
+    namespace, and nothing else (no Secrets)."""
     cluster.kubectl("create", "serviceaccount", "deployer", "-n", namespace)
     cluster.kubectl(
         "create", "role", "configmaps-only", "-n", namespace,
@@ -41,6 +40,13 @@ def test_tenant_cannot_escalate_through_its_sync(
         "create", "rolebinding", "deployer", "-n", namespace,
         "--role=configmaps-only", f"--serviceaccount={namespace}:deployer",
     )  # fmt: skip
+
+
+def test_tenant_cannot_escalate_through_its_sync(
+    operator: Operator, namespace: str, repo_factory: RepoFactory
+) -> None:
+    cluster = operator.cluster
+    make_deployer(cluster, namespace)
 
     repo = repo_factory("tenant")
     sha = repo.commit({"cm.yaml": config_map("tenant-config")}, "config")
@@ -74,15 +80,7 @@ def test_a_tenant_cannot_send_a_secret_it_may_not_read(
     # namespace, which may manage ConfigMaps but not read Secrets.
     operator = operator_factory(namespace, GITFERRY_DEFAULT_SERVICE_ACCOUNT="deployer")
     cluster = operator.cluster
-    cluster.kubectl("create", "serviceaccount", "deployer", "-n", namespace)
-    cluster.kubectl(
-        "create", "role", "configmaps-only", "-n", namespace,
-        "--verb=get,list,watch,create,update,patch,delete", "--resource=configmaps",
-    )  # fmt: skip
-    cluster.kubectl(
-        "create", "rolebinding", "deployer", "-n", namespace,
-        "--role=configmaps-only", f"--serviceaccount={namespace}:deployer",
-    )  # fmt: skip
+    make_deployer(cluster, namespace)
     create_git_auth_secret(cluster, namespace, http_git_server)  # made by someone else
     repo = repo_factory("tenant")
     repo.commit({"cm.yaml": config_map("tenant-config")}, "config")
