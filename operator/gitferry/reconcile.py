@@ -192,6 +192,10 @@ def _fail(run: Run, error: SyncError) -> None:
         run.ms(),
         error.message,
     )
+    if run.ctx.stopping.is_set():
+        # A failure while the operator stops (its cache going, its connections
+        # closing) says nothing about the sync: the next operator decides.
+        return
     try:
         run.write(status.failed(error))
     except (KubeError, SyncError) as e:
