@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness.cluster_fixtures import Cluster, Operator, wait_for
+from tests.harness.cluster_fixtures import Cluster, Operator, deleted_afterwards, wait_for
 from tests.harness.git_fixtures import RepoFactory
 from tests.harness.gitrepo import WorkRepo
 from tests.harness.gitserver import HttpGitServer
@@ -55,15 +55,6 @@ CRASH_HOOK = "GITFERRY_TEST_CRASH_BEFORE_PRUNE"
 
 
 # --- what git holds ------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def deleted_afterwards(cluster: Cluster, kind: str, name: str) -> Iterator[None]:
-    """The cluster-scoped object a test made outlives its namespace: delete it at the end."""
-    try:
-        yield
-    finally:
-        cluster.kubectl("delete", kind, name, "--wait=false", check=False)
 
 
 @contextlib.contextmanager

@@ -7,14 +7,12 @@ longer declares anything inside it, the next prune deletes it as usual.
 
 from __future__ import annotations
 
-import contextlib
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.harness.cluster_fixtures import Cluster, Operator, wait_for
+from tests.harness.cluster_fixtures import Cluster, Operator, deleted_afterwards, wait_for
 from tests.harness.git_fixtures import RepoFactory
 from tests.harness.manifests import (
     config_map,
@@ -38,15 +36,6 @@ from tests.harness.syncs import (
 pytestmark = pytest.mark.e2e
 
 KEPT_BY_GIT = "git still declares objects inside it"
-
-
-@contextlib.contextmanager
-def deleted_afterwards(cluster: Cluster, kind: str, name: str) -> Iterator[None]:
-    """A cluster-scoped object outlives the test's namespace: delete it at the end."""
-    try:
-        yield
-    finally:
-        cluster.kubectl("delete", kind, name, "--wait=false", check=False)
 
 
 def uid(cluster: Cluster, kind: str, name: str, namespace: str | None = None) -> str:

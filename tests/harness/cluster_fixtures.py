@@ -18,6 +18,7 @@ saying what is missing and how to fix it, never with a silent fallback.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -40,6 +41,7 @@ __all__ = [
     "Cluster",
     "Operator",
     "cluster",
+    "deleted_afterwards",
     "gitferry_installed",
     "namespace",
     "operator",
@@ -65,6 +67,15 @@ def wait_for(what: str, fn: Callable[[], Any], timeout: float = 60, interval: fl
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+@contextlib.contextmanager
+def deleted_afterwards(cluster: Cluster, kind: str, name: str) -> Iterator[None]:
+    """A cluster-scoped object a test made outlives its namespace: delete it at the end."""
+    try:
+        yield
+    finally:
+        cluster.kubectl("delete", kind, name, "--wait=false", check=False)
 
 
 @dataclass
