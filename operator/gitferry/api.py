@@ -65,6 +65,35 @@ class SyncKey:
 
 
 @dataclass(frozen=True)
+class HealthCheckRef:
+    """One entry of spec.healthChecks: an object to wait for, applied or not.
+    `namespace` is None when the entry names none: the sync's namespace for a
+    namespaced kind, nothing for a cluster-scoped one (decided with discovery)."""
+
+    group: str
+    kind: str
+    name: str
+    namespace: str | None = None
+
+
+@dataclass(frozen=True)
+class SubstituteRef:
+    """One entry of spec.postBuild.substituteFrom."""
+
+    kind: str  # "ConfigMap" | "Secret"
+    name: str
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class PostBuild:
+    """spec.postBuild: variables for ${var} substitution (Flux's postBuild)."""
+
+    substitute: dict[str, str] = field(default_factory=dict)
+    substitute_from: tuple[SubstituteRef, ...] = ()
+
+
+@dataclass(frozen=True)
 class SyncSpec:
     url: str
     ref: GitRef = field(default_factory=GitRef)
@@ -80,8 +109,17 @@ class SyncSpec:
     allow_empty: bool = False
     suspend: bool = False
     wait: bool = False
+    health_checks: tuple[HealthCheckRef, ...] = ()
+    # Flux's healthCheckExprs entries as written ({apiVersion, kind, current,
+    # inProgress, failed}); the health library compiles them.
+    health_check_exprs: tuple[dict[str, str], ...] = ()
     depends_on: tuple[SyncKey, ...] = ()
-    post_build: dict[str, Any] | None = None
+    post_build: PostBuild | None = None
+
+    @property
+    def checks_health(self) -> bool:
+        """True when the sync becomes Ready only once objects are healthy."""
+        return self.wait or bool(self.health_checks)
 
 
 def sync_path(key: SyncKey) -> str:
@@ -286,6 +324,9 @@ def parse_spec(raw: dict[str, Any], namespace: str = "") -> SyncSpec:
         if isinstance(d, dict) and d.get("name")
     )
     return SyncSpec(
+        health_checks=_health_checks(raw.get("healthChecks")),
+        health_check_exprs=_health_check_exprs(raw.get("healthCheckExprs")),
+        post_build=_post_build(raw.get("postBuild")),
         url=url.strip(),
         ref=ref,
         path=path,
@@ -301,7 +342,73 @@ def parse_spec(raw: dict[str, Any], namespace: str = "") -> SyncSpec:
         suspend=bool(raw.get("suspend", False)),
         wait=bool(raw.get("wait", False)),
         depends_on=depends,
-        post_build=raw.get("postBuild") or None,
+    )
+
+
+def _list(raw: Any, field_name: str) -> list[dict[str, Any]]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list) or not all(isinstance(e, dict) for e in raw):
+        raise InvalidSpec(f"spec.{field_name}: must be a list of objects")
+    return raw
+
+
+def _str(entry: dict[str, Any], key: str, where: str, required: bool = True) -> str:
+    value = entry.get(key)
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str) or not value:
+        raise InvalidSpec(f"spec.{where}.{key}: must be a non-empty string")
+    return value
+
+
+def _health_checks(raw: Any) -> tuple[HealthCheckRef, ...]:
+    out = []
+    for i, e in enumerate(_list(raw, "healthChecks")):
+        where = f"healthChecks[{i}]"
+        group, _, _version = _str(e, "apiVersion", where).rpartition("/")
+        out.append(
+            HealthCheckRef(
+                group=group,
+                kind=_str(e, "kind", where),
+                name=_str(e, "name", where),
+                namespace=_str(e, "namespace", where, required=False) or None,
+            )
+        )
+    return tuple(out)
+
+
+def _health_check_exprs(raw: Any) -> tuple[dict[str, str], ...]:
+    out = []
+    for i, e in enumerate(_list(raw, "healthCheckExprs")):
+        where = f"healthCheckExprs[{i}]"
+        entry = {k: _str(e, k, where) for k in ("apiVersion", "kind", "current")}
+        for k in ("inProgress", "failed"):
+            if e.get(k) is not None:
+                entry[k] = _str(e, k, where)
+        out.append(entry)
+    return tuple(out)
+
+
+def _post_build(raw: Any) -> PostBuild | None:
+    if not raw:
+        return None
+    if not isinstance(raw, dict):
+        raise InvalidSpec("spec.postBuild: must be an object")
+    substitute = raw.get("substitute") or {}
+    if not isinstance(substitute, dict):
+        raise InvalidSpec("spec.postBuild.substitute: must be a map of names to strings")
+    refs = []
+    for i, e in enumerate(_list(raw.get("substituteFrom"), "postBuild.substituteFrom")):
+        where = f"postBuild.substituteFrom[{i}]"
+        kind = _str(e, "kind", where)
+        if kind not in ("ConfigMap", "Secret"):
+            raise InvalidSpec(f"spec.{where}.kind: must be ConfigMap or Secret, not {kind!r}")
+        refs.append(SubstituteRef(kind, _str(e, "name", where), bool(e.get("optional", False))))
+    return PostBuild(
+        # The API server keeps a map's values as written; YAML numbers become text.
+        substitute={str(k): "" if v is None else str(v) for k, v in substitute.items()},
+        substitute_from=tuple(refs),
     )
 
 

@@ -55,5 +55,7 @@ class Reason:
     PRUNE_FAILED = "PruneFailed"
     HEALTH_CHECK_FAILED = "HealthCheckFailed"
     DEPENDENCY_NOT_READY = "DependencyNotReady"
+    DEPENDENCY_CYCLE = "DependencyCycle"
+    HEALTH_CHECK_CANCELED = "HealthCheckCanceled"  # an Event: a newer revision superseded a wait
     # Flux's generic reason: a bug in gitferry, never a stage's failure.
     RECONCILIATION_FAILED = "ReconciliationFailed"

@@ -19,6 +19,20 @@ from .source import GitSource
 from .status import StatusWriter
 
 
+@dataclass
+class Wait:
+    """A health check in progress: the revision and generation it judges, until
+    when (time.monotonic()), which objects it waits for and which are healthy."""
+
+    revision: str
+    generation: int
+    until: float
+    targets: tuple[ObjRef, ...]
+    healthy: frozenset[ObjRef] = frozenset()
+    # When git was last asked (time.monotonic()): a waiting sync asks once per interval.
+    fetched_at: float = 0.0
+
+
 class SyncLock:
     """A lock that can be weakly referenced (threading.Lock cannot)."""
 
@@ -58,6 +72,11 @@ class Context:
     _waiting: dict[SyncKey, float] = field(default_factory=dict)
     # Containers already reported as kept for what git declares inside them.
     _deferred: dict[SyncKey, frozenset[str]] = field(default_factory=dict)
+    # Health checks in progress (spec.wait, spec.healthChecks).
+    _waits: dict[SyncKey, Wait] = field(default_factory=dict)
+    # Who depends on whom (learnt from dependents' reconciles): a sync that becomes
+    # Ready wakes its dependents at once.
+    _dependents: dict[SyncKey, set[SyncKey]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     # Renders running at once (settings.max_concurrent_renders): bounds memory.
     _render_slots: threading.BoundedSemaphore | None = None
@@ -99,6 +118,36 @@ class Context:
             self._failures.pop(key, None)
             self._waiting.pop(key, None)
             self._deferred.pop(key, None)
+            self._waits.pop(key, None)
+            self._dependents.pop(key, None)
+            for dependents in self._dependents.values():
+                dependents.discard(key)
+
+    def wait_of(self, key: SyncKey) -> Wait | None:
+        """The health check in progress for a sync, if any."""
+        with self._lock:
+            return self._waits.get(key)
+
+    def set_wait(self, key: SyncKey, wait: Wait | None) -> None:
+        """Start or update (a Wait) or end (None) a sync's health check."""
+        with self._lock:
+            if wait is None:
+                self._waits.pop(key, None)
+            else:
+                self._waits[key] = wait
+
+    def depends(self, key: SyncKey, dependencies: tuple[SyncKey, ...]) -> None:
+        """Record that `key` waits for `dependencies` (replacing what it waited for)."""
+        with self._lock:
+            for dependents in self._dependents.values():
+                dependents.discard(key)
+            for dep in dependencies:
+                self._dependents.setdefault(dep, set()).add(key)
+
+    def dependents(self, key: SyncKey) -> tuple[SyncKey, ...]:
+        """The syncs known to wait for `key`."""
+        with self._lock:
+            return tuple(sorted(self._dependents.get(key, ()), key=str))
 
     def remember_render(self, key: SyncKey, ids: set[str]) -> None:
         with self._lock:

@@ -108,7 +108,25 @@ class PruneFailed(SyncError):
     reason = Reason.PRUNE_FAILED
 
 
+# --- dependencies ---------------------------------------------------------
+class DependencyNotReady(SyncError):
+    """A sync in spec.dependsOn is not Ready yet: retried, and woken at once
+    when it becomes Ready."""
+
+    reason = Reason.DEPENDENCY_NOT_READY
+
+
+class DependencyCycle(SyncError):
+    """spec.dependsOn leads back to the sync itself: no order can satisfy it."""
+
+    reason = Reason.DEPENDENCY_CYCLE
+    stalled = True
+
+
+# --- health ---------------------------------------------------------------
 class HealthCheckFailed(SyncError):
+    """An object failed, or was not healthy within spec.timeout."""
+
     reason = Reason.HEALTH_CHECK_FAILED
 
 
@@ -132,11 +150,13 @@ class Stage(StrEnum):
     """The stages of one reconcile, in order (README "How one sync runs")."""
 
     SPEC = "spec"
+    DEPENDENCIES = "dependencies"
     FETCH = "fetch"
     RENDER = "render"
     OWNERSHIP = "ownership"
     APPLY = "apply"
     PRUNE = "prune"
+    HEALTH = "health"
     STATUS = "status"
 
 
@@ -144,11 +164,13 @@ class Stage(StrEnum):
 # objects before apply writes them: a failure there is an apply failure.
 _STAGE_ERROR: dict[Stage, type[SyncError]] = {
     Stage.SPEC: InvalidSpec,
+    Stage.DEPENDENCIES: DependencyNotReady,
     Stage.FETCH: GitFetchFailed,
     Stage.RENDER: RenderTimedOut,
     Stage.OWNERSHIP: ApplyFailed,
     Stage.APPLY: ApplyFailed,
     Stage.PRUNE: PruneFailed,
+    Stage.HEALTH: HealthCheckFailed,
     Stage.STATUS: SyncError,
 }
 

@@ -1,6 +1,12 @@
 """One reconcile of one GitRepositorySync, top to bottom:
 
-    fetch → render → ownership → apply → prune → status
+    dependencies → fetch → render → ownership → apply → prune → health → status
+
+A sync that checks health (spec.wait, spec.healthChecks) and is not healthy
+yet ends its reconcile waiting: the next ones (every couple of seconds, on a
+free worker, never holding one) only re-check health, until the objects are
+healthy, one fails, spec.timeout runs out, or a newer revision, spec or
+request supersedes the wait.
 
 Each stage is a function from typed input to typed output in its own module;
 this file only strings them together, keeps the status honest at each step and
@@ -12,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import logging
 import os
 import random
@@ -19,7 +26,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from . import applyset, inventory, status
+from . import applyset, dependencies, health, healthcheck, inventory, status
 from .api import (
     Condition,
     InventoryEntry,
@@ -42,12 +49,15 @@ from .constants import (
     FIELD_MANAGER,
     LABEL_SYNC_NAME,
     LABEL_SYNC_NAMESPACE,
+    Reason,
 )
-from .context import Context
+from .context import Context, Wait
 from .deadline import Deadline
 from .errors import (
     AuthenticationFailed,
     Deferred,
+    DependencyNotReady,
+    HealthCheckFailed,
     InternalError,
     InvalidSpec,
     OwnershipConflict,
@@ -56,6 +66,7 @@ from .errors import (
     ShuttingDown,
     Stage,
     SyncError,
+    format_seconds,
     in_stage,
 )
 from .events import NORMAL, WARNING
@@ -86,6 +97,15 @@ class Result:
     wake: tuple[SyncKey, ...] = ()  # other syncs to reconcile now (hand-overs)
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """How the pipeline ended: done (`again_in` None), or a health check still
+    waiting, to be looked at again in `again_in` seconds."""
+
+    summary: str
+    again_in: float | None = None
+
+
 def _jitter(seconds: float, fraction: float) -> float:
     return seconds * (1 + random.uniform(0, fraction))
 
@@ -105,6 +125,10 @@ class Run:
         self.wake: list[SyncKey] = []
         # Fields every later status write carries (lastAttemptedRevision once fetched).
         self.fields: dict[str, Any] = {}
+        # Added to the "applying" message: why a health check in progress ended.
+        self.note = ""
+        # Ready for this generation when the reconcile began: becoming Ready wakes dependents.
+        self.was_ready = status_.ready == "True" and status_.observed_generation == meta.generation
 
     def write(
         self, conditions: list[Condition], deadline: Deadline | None = None, **fields: Any
@@ -164,7 +188,7 @@ def _reconcile(ctx: Context, key: SyncKey) -> Result:
                 run.write(status.suspended())
             ctx.succeeded(key)  # no failure streak or wait survives a suspend
             return Result(True, _jitter(sync.spec.interval, ctx.settings.interval_jitter))
-        summary = _pipeline(run, sync)
+        outcome = _pipeline(run, sync)
     except Deferred as e:  # nothing asked, nothing written: try again in a moment
         log.info("sync=%s action=reconcile result=deferred why=%s", run.key, e)
         ctx.start_waiting(key)
@@ -177,10 +201,17 @@ def _reconcile(ctx: Context, key: SyncKey) -> Result:
             log.exception("sync=%s action=reconcile error=internal", run.key)
             e = InternalError(f"internal error: {type(e).__name__}: {e}")
         _fail(run, e)
+        if isinstance(e, DependencyNotReady):  # not a failure streak: woken when it is Ready
+            return Result(False, _jitter(ctx.settings.dependency_requeue, 0.1))
         backoff = ctx.retry_after(key, retry, interval)
         return Result(False, _jitter(backoff, ctx.settings.interval_jitter), tuple(run.wake))
+    if outcome.again_in is not None:  # a health check goes on
+        return Result(True, outcome.again_in, tuple(run.wake))
     ctx.succeeded(run.key)
-    log.info("sync=%s action=reconcile result=ok %s duration_ms=%d", run.key, summary, run.ms())
+    if not run.was_ready:  # it just became Ready: who waited for it goes now
+        run.wake.extend(ctx.dependents(run.key))
+    log.info("sync=%s action=reconcile result=ok %s duration_ms=%d", run.key, outcome.summary,
+             run.ms())  # fmt: skip
     return Result(True, _jitter(sync.spec.interval, ctx.settings.interval_jitter), tuple(run.wake))
 
 
@@ -205,15 +236,7 @@ def _fail(run: Run, error: SyncError) -> None:
 
 
 def _check_supported(sync: Sync) -> None:
-    unsupported = [
-        name
-        for name, used in (
-            ("dependsOn", bool(sync.spec.depends_on)),
-            ("postBuild", bool(sync.spec.post_build)),
-            ("wait", sync.spec.wait),
-        )
-        if used
-    ]
+    unsupported = [name for name, used in (("postBuild", bool(sync.spec.post_build)),) if used]
     if unsupported:
         raise InvalidSpec(
             f"spec.{', spec.'.join(unsupported)}: not implemented yet in this gitferry version; "
@@ -266,8 +289,8 @@ def _mark_adopted(item: Item) -> None:
     item.obj["metadata"].setdefault("annotations", {})[ANNOTATION_ADOPTED] = "true"
 
 
-def _pipeline(run: Run, sync: Sync) -> str:
-    """fetch → render → ownership → apply → prune → status; returns a log summary.
+def _pipeline(run: Run, sync: Sync) -> Outcome:
+    """dependencies → fetch → render → ownership → apply → prune → health → status.
 
     Each stage runs `in_stage`: what it raises becomes that stage's condition.
     Once the operator is stopping, no further stage starts (ShuttingDown)."""
@@ -276,14 +299,30 @@ def _pipeline(run: Run, sync: Sync) -> str:
     ctx = run.ctx
     with in_stage(Stage.SPEC):
         _check_supported(sync)
+        exprs = _health_exprs(sync)
+    spec_changed = sync.generation != run.status.observed_generation
+    # A user asked for a reconcile now (gitferry.dev/requested-at, `flux reconcile`).
+    asked = (
+        sync.requested_at is not None and sync.requested_at != run.status.last_handled_reconcile_at
+    )
+    wait = ctx.wait_of(run.key)
+    waiting = wait is not None and wait.generation == sync.generation and not asked
+    if wait is not None and waiting and time.monotonic() - wait.fetched_at < sync.spec.interval:
+        return _await_health(run, sync, wait, exprs)  # git was asked less than an interval ago
+    with in_stage(Stage.DEPENDENCIES, timeout):
+        _dependencies(run, sync, deadline)
     with in_stage(Stage.STATUS, timeout):
-        spec_changed = sync.generation != run.status.observed_generation
         if spec_changed:
             # kubectl wait right after a spec change must never see the old Ready.
             run.write(status.progressing(f"reconciling generation {sync.generation}"), deadline)
     ctx.check_running("fetch")
     with in_stage(Stage.FETCH, timeout):
-        checkout = _fetch(run, sync, spec_changed, deadline)
+        checkout = _fetch(run, sync, spec_changed or asked, deadline)
+    if wait is not None:
+        if waiting and checkout.revision == wait.revision:
+            wait.fetched_at = time.monotonic()
+            return _await_health(run, sync, wait, exprs)
+        _supersede(run, sync, wait, checkout.revision, spec_changed, asked)
     with in_stage(Stage.RENDER, timeout):
         manifests = _render(run, sync, checkout, deadline)
     with in_stage(Stage.PRUNE, timeout):  # reading what the sync owned is prune's business
@@ -297,21 +336,143 @@ def _pipeline(run: Run, sync: Sync) -> str:
     with in_stage(Stage.PRUNE, timeout):
         pruned, final = _prune(run, sync, plan, old, changes, checkout.revision, deadline)
     with in_stage(Stage.STATUS, timeout):
-        return _finish(run, plan, pruned, final, changes, checkout.revision, deadline)
+        _check_outcome(run, plan, pruned, final, changes, deadline)
+    summary = f"revision={checkout.revision} {_counts(changes)}"
+    if sync.spec.checks_health:
+        with in_stage(Stage.HEALTH, timeout):
+            targets = healthcheck.targets(
+                plan.entries, sync.spec.health_checks, ctx.discovery, sync.key.namespace
+            )
+        run.fields["inventory"] = final
+        wait = Wait(checkout.revision, sync.generation, run.started + timeout, targets,
+                    fetched_at=time.monotonic())  # fmt: skip
+        if changes.changed:
+            run.event(NORMAL, "Progressing", f"{checkout.revision}: {changes.summary()}")
+        return _await_health(run, sync, wait, exprs, summary, changed=changes.changed)
+    with in_stage(Stage.STATUS, timeout):
+        _succeed(run, final, changes, checkout.revision, deadline)
+    return Outcome(summary)
 
 
-def _fetch(run: Run, sync: Sync, spec_changed: bool, deadline: Deadline) -> Checkout:
-    previous = run.status
+def _health_exprs(sync: Sync) -> health.Exprs | None:
+    """spec.healthCheckExprs compiled; InvalidSpec naming the entry when one does not."""
+    if not sync.spec.health_check_exprs:
+        return None
+    try:
+        return _compile_exprs(tuple(tuple(sorted(e.items())) for e in sync.spec.health_check_exprs))
+    except health.ExprError as e:
+        raise InvalidSpec(f"spec.{e}") from None
+
+
+@functools.lru_cache(maxsize=256)
+def _compile_exprs(entries: tuple[tuple[tuple[str, str], ...], ...]) -> health.Exprs:
+    # Compiling CEL takes milliseconds; a waiting sync looks every two seconds.
+    return health.compile_exprs([dict(e) for e in entries])
+
+
+def _dependencies(run: Run, sync: Sync, deadline: Deadline) -> None:
+    """Raise DependencyNotReady (or DependencyCycle, InvalidSpec) unless every
+    sync in spec.dependsOn is Ready; remember the edges so that a dependency
+    that becomes Ready wakes this sync at once."""
+    ctx = run.ctx
+    ctx.depends(sync.key, sync.spec.depends_on)  # before reading: no wake-up is lost
+    dependencies.check(
+        sync.key,
+        sync.spec.depends_on,
+        lambda key: ctx.sync_body(key, deadline),
+        allow_cross_namespace=not ctx.settings.no_cross_namespace_refs,
+    )
+
+
+def _supersede(
+    run: Run, sync: Sync, wait: Wait, revision: str, spec_changed: bool, asked: bool
+) -> None:
+    """End the health check in progress: a newer revision, spec or request came."""
+    run.ctx.set_wait(run.key, None)
+    if revision != wait.revision:
+        why = f"revision {revision}"
+    elif spec_changed or wait.generation != sync.generation:
+        why = f"generation {sync.generation}"
+    else:
+        why = "a requested reconcile"
+    run.note = f" (the health check of {wait.revision} was superseded by {why})"
+    log.info(
+        "sync=%s action=health result=superseded revision=%s by=%r", run.key, wait.revision, why
+    )
+    run.event(NORMAL, Reason.HEALTH_CHECK_CANCELED,
+              f"the health check of {wait.revision} was superseded by {why}")  # fmt: skip
+
+
+def _await_health(
+    run: Run,
+    sync: Sync,
+    wait: Wait,
+    exprs: health.Exprs | None,
+    summary: str = "",
+    changed: bool = False,
+) -> Outcome:
+    """One look at the objects a health check waits for. Ready when all are
+    healthy; HealthCheckFailed at once when one failed, or once spec.timeout
+    ran out; otherwise the status says what is awaited, and the reconcile ends
+    so that its worker serves other syncs until the next look."""
+    ctx = run.ctx
+    timeout = sync.spec.timeout
+    deadline = Deadline.after(min(timeout, 30.0))
+    with in_stage(Stage.HEALTH, timeout):
+        todo = [ref for ref in wait.targets if ref not in wait.healthy]
+        report = healthcheck.check(ctx.client_for(sync), ctx.discovery, todo, exprs, deadline)
+        wait.healthy = wait.healthy | report.current
+        total = len(wait.targets)
+        if report.failed:
+            ctx.set_wait(run.key, None)
+            raise HealthCheckFailed(
+                f"{wait.revision}: {len(report.failed)} of {total} object(s) failed: "
+                + healthcheck.describe(report.failed)
+            )
+        if not report.done and time.monotonic() >= wait.until:
+            ctx.set_wait(run.key, None)
+            raise HealthCheckFailed(
+                f"{wait.revision}: timed out after {format_seconds(timeout)} (spec.timeout) waiting "
+                f"for {len(report.pending)} of {total} object(s) to become healthy: "
+                + healthcheck.describe(report.pending)
+            )
+    with in_stage(Stage.STATUS, timeout):
+        if report.done:
+            ctx.set_wait(run.key, None)
+            waited = time.monotonic() - (wait.until - timeout)
+            run.write(
+                status.succeeded(f"Applied revision: {wait.revision}; {total} object(s) healthy"),
+                deadline,
+                last_applied_revision=wait.revision,
+            )
+            if changed or summary == "":  # something changed, or the wait lasted
+                run.event(NORMAL, "ReconciliationSucceeded",
+                          f"{wait.revision}: health check passed in {format_seconds(waited)}")  # fmt: skip
+            log.info("sync=%s revision=%s action=health result=healthy objects=%d", run.key,
+                     wait.revision, total)  # fmt: skip
+            return Outcome(summary or f"revision={wait.revision} healthy={total}")
+        ctx.set_wait(run.key, wait)
+        run.write(
+            status.progressing(
+                f"{wait.revision} applied; waiting for {len(report.pending)} of {total} object(s) "
+                "to become healthy: " + healthcheck.describe(report.pending)
+            ),
+            deadline,
+        )
+    left = max(0.1, wait.until - time.monotonic())
+    return Outcome(summary or f"revision={wait.revision} waiting",
+                   again_in=min(ctx.settings.health_poll_interval, left))  # fmt: skip
+
+
+def _fetch(run: Run, sync: Sync, fresh: bool, deadline: Deadline) -> Checkout:
+    """`fresh`: a new spec or a user's request (a person is waiting): ask git,
+    whatever other syncs just heard."""
     # The shared cache answers "what is the branch at?" for up to an interval. A new
     # spec, a user's request to reconcile now, or a retry after a failure (a commit
     # pushed before a Secret was fixed) asks the remote afresh.
-    asked = (
-        sync.requested_at is not None and sync.requested_at != previous.last_handled_reconcile_at
-    )
     failing = run.status.ready != "True"
-    max_age = 0.0 if spec_changed or asked or failing else sync.spec.interval
+    max_age = 0.0 if fresh or failing else sync.spec.interval
     creds = _credentials(run.ctx, sync, deadline)
-    fresh = spec_changed or asked  # a person is waiting: ask git, whatever others just heard
     checkout = run.ctx.source.fetch(
         sync.spec.url,
         sync.spec.ref,
@@ -426,7 +587,9 @@ def _apply(
     if revision != run.status.last_applied_revision or grown != (run.status.inventory or ()):
         run.write(
             # After a failure, kstatus readers see that this is a retry.
-            status.progressing(f"applying {revision}", retrying=run.status.ready == "False"),
+            status.progressing(
+                f"applying {revision}{run.note}", retrying=run.status.ready == "False"
+            ),
             deadline,
             inventory=grown,
         )
@@ -470,15 +633,16 @@ def _prune(
     return pruned, final
 
 
-def _finish(
+def _check_outcome(
     run: Run,
     plan: Plan,
     pruned: PruneResult,
     final: tuple[InventoryEntry, ...],
     changes: ChangeSet,
-    revision: str,
     deadline: Deadline,
-) -> str:
+) -> None:
+    """Raise (after writing the inventory) when objects were left alone for
+    another sync or could not be pruned."""
     error: SyncError | None = None
     if plan.conflicts:
         owners = ", ".join(f"{v.ref} is owned by sync {v.owner}" for v in plan.conflicts)
@@ -491,8 +655,18 @@ def _finish(
     if error is not None:
         run.write(status.failed(error), deadline, inventory=final)
         if changes.changed:
+            revision = run.fields.get("last_attempted_revision", "")
             run.event(NORMAL, "Progressing", f"{revision}: {changes.summary()}")
         raise error
+
+
+def _succeed(
+    run: Run,
+    final: tuple[InventoryEntry, ...],
+    changes: ChangeSet,
+    revision: str,
+    deadline: Deadline,
+) -> None:
     run.write(
         status.succeeded(f"Applied revision: {revision}"),
         deadline,
@@ -501,7 +675,6 @@ def _finish(
     )
     if changes.changed:
         run.event(NORMAL, "ReconciliationSucceeded", f"{revision}: {changes.summary()}")
-    return f"revision={revision} {_counts(changes)}"
 
 
 def _refs(entries: tuple[InventoryEntry, ...]) -> list[ObjRef]:

@@ -81,6 +81,17 @@ class Settings:
     max_concurrent_fetches: int = 4
     max_fetches_per_host: int = 2
     git_failure_ttl: float = 30.0
+    # Multi-tenant clusters: spec.dependsOn may not name a sync of another
+    # namespace (Flux's --no-cross-namespace-refs).
+    no_cross_namespace_refs: bool = False
+    # postBuild: a ${var} with no value and no default is an error (off: it
+    # becomes "", Flux's default).
+    strict_substitution: bool = True
+    # Seconds between two health checks of a waiting sync (Flux polls every 2 s).
+    health_poll_interval: float = 2.0
+    # Seconds between two looks at a dependency that is not ready (Flux's
+    # --requeue-dependency); a dependency that becomes Ready wakes it at once.
+    dependency_requeue: float = 30.0
     # Test hook: exit hard between apply and prune (proves the inventory is crash-safe).
     crash_before_prune: bool = False
 
@@ -111,4 +122,8 @@ class Settings:
             max_concurrent_fetches=_int("GITFERRY_MAX_CONCURRENT_FETCHES", 4),
             max_fetches_per_host=_int("GITFERRY_MAX_FETCHES_PER_HOST", 2),
             git_failure_ttl=_float("GITFERRY_GIT_FAILURE_TTL", 30.0, 0.0),
+            no_cross_namespace_refs=_bool("GITFERRY_NO_CROSS_NAMESPACE_REFS", False),
+            strict_substitution=_bool("GITFERRY_STRICT_SUBSTITUTION", True),
+            health_poll_interval=_float("GITFERRY_HEALTH_POLL_INTERVAL", 2.0, 0.1),
+            dependency_requeue=_float("GITFERRY_DEPENDENCY_REQUEUE", 30.0, 1.0),
         )

@@ -222,6 +222,8 @@ def test_schema_covers_the_contract(schema: dict[str, Any]) -> None:
         "allowEmpty",
         "suspend",
         "wait",
+        "healthChecks",
+        "healthCheckExprs",
         "dependsOn",
         "postBuild",
     }
@@ -230,6 +232,10 @@ def test_schema_covers_the_contract(schema: dict[str, Any]) -> None:
     assert props["url"]["minLength"] == 1
     assert props["secretRef"]["required"] == ["name"]
     assert set(props["dependsOn"]["items"]["properties"]) == {"name", "namespace"}
+    assert props["healthChecks"]["items"]["required"] == ["apiVersion", "kind", "name"]
+    exprs = props["healthCheckExprs"]["items"]
+    assert exprs["required"] == ["apiVersion", "kind", "current"]
+    assert set(exprs["properties"]) == {"apiVersion", "kind", "current", "inProgress", "failed"}
     post = props["postBuild"]["properties"]
     assert post["substitute"]["additionalProperties"] == {"type": "string"}
     source = post["substituteFrom"]["items"]
