@@ -588,7 +588,26 @@ SET_CASES = [
             updateStrategy={"type": "RollingUpdate", "rollingUpdate": {"partition": 0}},
         ),
         CURRENT,
-        "3 of 3 replicas ready, 3 updated",
+        "3 of 3 replicas ready",
+    ),
+    (
+        "statefulset canary behind a partition",
+        workload(
+            "StatefulSet",
+            {
+                "observedGeneration": 1,
+                "replicas": 3,
+                "readyReplicas": 3,
+                "currentReplicas": 2,
+                "updatedReplicas": 1,
+                "currentRevision": "db-6c4d5",
+                "updateRevision": "db-7f9a1",
+            },
+            replicas=3,
+            updateStrategy={"type": "RollingUpdate", "rollingUpdate": {"partition": 2}},
+        ),
+        CURRENT,
+        "3 of 3 replicas ready, 1 updated (partition 2)",
     ),
     (
         "statefulset updating",

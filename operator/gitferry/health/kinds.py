@@ -153,7 +153,11 @@ def statefulset(obj: Obj) -> Health:
         target = max(want - partition, 0)
         if updated < target:
             return in_progress(f"{updated} of {target} replicas updated")
-        return current(f"{ready} of {want} replicas ready, {updated} updated")
+        if partition > 0:
+            return current(
+                f"{ready} of {want} replicas ready, {updated} updated (partition {partition})"
+            )
+        return current(f"{ready} of {want} replicas ready")
     if at_current < want:
         return in_progress(f"{at_current} of {want} replicas at the current revision")
     update_rev = text(obj, "status", "updateRevision")

@@ -100,7 +100,7 @@ def with_pods(health: Health, pods: Iterable[Mapping[str, Any]]) -> Health:
             continue
         judged = pod(p)
         name = text(p, "metadata", "name")
-        if judged.failed:
+        if judged.is_failed:
             return failed(f"pod {name}: {judged.message}")
         if judged.status is Status.IN_PROGRESS and not waiting:
             waiting = f"pod {name}: {judged.message}"

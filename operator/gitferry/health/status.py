@@ -37,11 +37,11 @@ class Health:
     message: str = ""
 
     @property
-    def current(self) -> bool:
+    def is_current(self) -> bool:
         return self.status is Status.CURRENT
 
     @property
-    def failed(self) -> bool:
+    def is_failed(self) -> bool:
         return self.status is Status.FAILED
 
     def __str__(self) -> str:
