@@ -121,7 +121,7 @@ def _judge(
     except KubeError as e:  # an identity that may not list Pods still gets the object's verdict
         log.info("action=health-pods object=%s error=%s", ref, e.message)
         return verdict
-    return health.with_pods(obj, verdict, pods.get("items") or [])
+    return health.with_pods(verdict, pods.get("items") or [])
 
 
 def describe(items: Sequence[tuple[ObjRef, health.Health]]) -> str:
