@@ -86,6 +86,22 @@ def message(sync: dict[str, Any] | None, type_: str = "Ready") -> str:
     return c["message"] if c else ""
 
 
+def wait_waiting(
+    cluster: Cluster, name: str, namespace: str, says: str = "waiting for", timeout: float = 30
+) -> dict[str, Any]:
+    """The sync once its Reconciling message (what the health check waits for) says `says`."""
+
+    def check() -> dict[str, Any] | None:
+        sync = cluster.get("grs", name, namespace)
+        return sync if says in message(sync, "Reconciling") else None
+
+    try:
+        return wait_for(f"grs/{name} Reconciling: {says!r}", check, timeout)  # type: ignore[no-any-return]
+    except AssertionError as e:
+        status = (cluster.get("grs", name, namespace) or {}).get("status")
+        raise AssertionError(f"{e}\nstatus: {json.dumps(status, indent=1)}") from None
+
+
 def test_deployment_sync_is_ready_after_its_pods_not_before(
     operator: Operator, namespace: str, repo_factory: RepoFactory
 ) -> None:
@@ -116,8 +132,7 @@ def test_never_ready_pod_times_out_naming_the_deployment_and_the_pods_reason(
     create_sync(cluster, "slow", namespace, repo.bare.file_url, wait=True, timeout="25s",
                 interval="1h", retryInterval="1h")  # fmt: skip
     # While it waits, the status says for what, in the API's words.
-    waiting = wait_condition(cluster, "slow", namespace, "Reconciling", timeout=30)
-    assert "waiting for 1 of 2 object(s)" in message(waiting, "Reconciling")
+    waiting = wait_waiting(cluster, "slow", namespace, "waiting for 1 of 2 object(s)")
     assert f"Deployment/{namespace}/slow:" in message(waiting, "Reconciling")
     ready = condition(waiting, "Ready")
     assert ready is not None and ready["status"] == "Unknown"
@@ -184,31 +199,31 @@ def test_custom_resource_ready_condition_and_cel_expression(
     cluster.apply(widget_crd_with_status(group))
     cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/widgets.{group}")
     try:
+        # A Widget another controller made, which reports Ready=False for now (kstatus
+        # calls a resource with no conditions at all healthy).
+        cluster.apply(json.loads(widget(group, "by-condition", namespace=namespace)))
+        set_status(cluster, group, "widgets", "by-condition", namespace, {
+            "observedGeneration": 1,
+            "conditions": [{"type": "Ready", "status": "False", "reason": "Provisioning",
+                            "message": "provisioning", "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+        })  # fmt: skip
         repo = repo_factory("widgets")
-        sha = repo.commit(
-            {"ready.yaml": widget(group, "by-condition"), "cel.yaml": gadget(group, "by-cel")},
-            "two custom resources",
-        )
+        sha = repo.commit({"cel.yaml": gadget(group, "by-cel")}, "a gadget")
         repo.push()
         create_sync(
             cluster, "widgets", namespace, repo.bare.file_url, wait=True, timeout="5m",
             retryInterval="1h",
+            healthChecks=[{"apiVersion": f"{group}/v1", "kind": "Widget", "name": "by-condition"}],
             healthCheckExprs=[{
                 "apiVersion": f"{group}/v1", "kind": "Gadget",
                 "current": "status.phase == 'Done'",
                 "failed": "status.phase == 'Broken'",
             }],
         )  # fmt: skip
-        waiting = wait_condition(cluster, "widgets", namespace, "Reconciling", timeout=30)
-        wait_for(
-            "the sync to wait for both resources",
-            lambda: (
-                "waiting for 2 of 2"
-                in message(cluster.get("grs", "widgets", namespace), "Reconciling")
-            ),  # fmt: skip
-            30,
+        waiting = wait_waiting(cluster, "widgets", namespace, "waiting for 2 of 2 object(s)")
+        assert f"Widget/{namespace}/by-condition: Provisioning: provisioning" in message(
+            waiting, "Reconciling"
         )
-        assert waiting is not None
 
         # A controller (this test) reports the Widget Ready: one left.
         set_status(cluster, group, "widgets", "by-condition", namespace, {
@@ -260,8 +275,7 @@ def test_health_checks_wait_for_an_object_outside_the_sync(
         cluster, "app", namespace, repo.bare.file_url, timeout="5m",
         healthChecks=[{"apiVersion": "apps/v1", "kind": "Deployment", "name": "db"}],
     )  # fmt: skip
-    waiting = wait_condition(cluster, "app", namespace, "Reconciling", timeout=30)
-    assert f"Deployment/{namespace}/db: not found" in message(waiting, "Reconciling")
+    wait_waiting(cluster, "app", namespace, f"Deployment/{namespace}/db: not found")
     cluster.apply(
         json.loads(deployment("db")) | {"metadata": {"name": "db", "namespace": namespace}}
     )
@@ -278,8 +292,7 @@ def test_new_commit_supersedes_a_long_wait_within_seconds(
     broken = repo.commit({"web.yaml": deployment("web", behaviour="never-ready")}, "broken")
     repo.push()
     create_sync(cluster, "web", namespace, repo.bare.file_url, wait=True, timeout="10m")
-    waiting = wait_condition(cluster, "web", namespace, "Reconciling", timeout=30)
-    assert broken[:12] in message(waiting, "Reconciling")
+    wait_waiting(cluster, "web", namespace, broken[:12])
 
     fixed = repo.commit({"web.yaml": deployment("web")}, "fixed")
     repo.push()
@@ -301,7 +314,7 @@ def test_requested_reconcile_supersedes_a_wait_at_once(
     repo.push()
     create_sync(cluster, "web", namespace, repo.bare.file_url, wait=True, timeout="10m",
                 interval="1h")  # fmt: skip
-    wait_condition(cluster, "web", namespace, "Reconciling", timeout=30)
+    wait_waiting(cluster, "web", namespace)
     fixed = repo.commit({"web.yaml": deployment("web")}, "fixed")
     repo.push()
     asked = time.monotonic()
