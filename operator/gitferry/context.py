@@ -14,6 +14,7 @@ from .deadline import Deadline, DeadlineExceeded
 from .errors import ShuttingDown
 from .events import EventRecorder
 from .kube import Discovery, Kube, KubeError, ObjRef
+from .metrics import Metrics
 from .settings import Settings
 from .source import GitSource
 from .status import StatusWriter
@@ -44,6 +45,7 @@ class Context:
     settings: Settings
     status: StatusWriter
     events: EventRecorder
+    metrics: Metrics = field(default_factory=Metrics)
     _last_warning: dict[SyncKey, str] = field(default_factory=dict)
     # What each sync's git held at its last render: decides hand-overs.
     _last_render: dict[SyncKey, frozenset[str]] = field(default_factory=dict)
@@ -99,6 +101,7 @@ class Context:
             self._failures.pop(key, None)
             self._waiting.pop(key, None)
             self._deferred.pop(key, None)
+        self.metrics.forget_sync(key.namespace, key.name)  # its series go with it
 
     def remember_render(self, key: SyncKey, ids: set[str]) -> None:
         with self._lock:
