@@ -7,9 +7,11 @@ from __future__ import annotations
 import asyncio
 import secrets
 import socket
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -275,23 +277,47 @@ def test_a_deleted_sync_leaves_no_series(ctx: Context, fake: FakeKube, repo: Wor
 
 
 # --- the queue gauges, read at each scrape ------------------------------------------------------
+@dataclass(frozen=True)
+class Out:
+    next_in: float = 3600.0
+    wake: tuple[str, ...] = ()
+
+
 def test_queue_gauges_read_the_scheduler() -> None:
+    """One thread, held by a reconcile: one running, the second sync's waits."""
+    gate = threading.Event()
     metrics = Metrics()
-    scheduler: Scheduler[str] = Scheduler(lambda key: cast(Any, None), 3)
-    try:
+    reg = metrics.registry
+
+    def reconcile_(key: str) -> Out:
+        gate.wait(10)
+        return Out()
+
+    async def story() -> None:
+        scheduler: Scheduler[str] = Scheduler(reconcile_, 1)
         metrics.watch_scheduler(
             queued=lambda: scheduler.queued,
             running=lambda: scheduler.running,
             syncs=lambda: scheduler.workers,
-            threads=3,
+            threads=1,
         )
-        reg = metrics.registry
-        assert reg.get_sample_value("gitferry_reconcile_threads") == 3
-        assert reg.get_sample_value("gitferry_reconcile_queue_depth") == 0
-        assert reg.get_sample_value("gitferry_reconciles_running") == 0
+        stop = asyncio.Event()
+        workers = [asyncio.create_task(scheduler.run(k, stop)) for k in ("a", "b")]
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if reg.get_sample_value("gitferry_reconcile_queue_depth") == 1:
+                break
+        assert reg.get_sample_value("gitferry_reconciles_running") == 1
+        assert reg.get_sample_value("gitferry_reconcile_queue_depth") == 1
+        assert reg.get_sample_value("gitferry_syncs") == 2
+        assert reg.get_sample_value("gitferry_reconcile_threads") == 1
+        gate.set()
+        stop.set()
+        await asyncio.gather(*workers)
+        scheduler.close(1)
         assert reg.get_sample_value("gitferry_syncs") == 0
-    finally:
-        scheduler.close(0)
+
+    asyncio.run(story())
 
 
 # --- the server ----------------------------------------------------------------------------------
