@@ -212,12 +212,20 @@ def test_a_reconcile_that_waits_is_counted_not_timed(ctx: Context, fake: FakeKub
     assert sync_value(ctx, "gitferry_sync_ready") == -1  # Ready Unknown: still progressing
 
 
-def test_git_failures_are_counted_by_outcome(ctx: Context, fake: FakeKube, tmp_path: Path) -> None:
+def test_git_failures_are_counted_by_outcome(
+    ctx: Context, fake: FakeKube, repo: WorkRepo, tmp_path: Path
+) -> None:
     create_sync(fake, WEB, (tmp_path / "no-such-repo.git").as_uri())
     assert not reconcile(ctx, WEB).ok
     assert value(ctx, "gitferry_git_requests_total", operation="ls-remote", outcome="error") == 1
     assert value(ctx, "gitferry_reconcile_total", result="failure", reason="GitFetchFailed") == 1
     assert sync_value(ctx, "gitferry_sync_ready") == 0
+
+    pinned = SyncKey("apps", "pinned")
+    create_sync(fake, pinned, repo.bare.file_url, ref={"commit": "0123456789" * 4})
+    assert not reconcile(ctx, pinned).ok
+    assert value(ctx, "gitferry_git_requests_total", operation="fetch", outcome="not_found") == 1
+    assert value(ctx, "gitferry_reconcile_total", result="failure", reason="RevisionNotFound") == 1
 
 
 # --- cardinality ------------------------------------------------------------------------------
