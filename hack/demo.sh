@@ -167,8 +167,9 @@ EOF
 )
 unset token
 mkdir -p "$demo/cache"
+# Metrics on loopback, on whatever port is free (the start line names it).
 KUBECONFIG="$operator_kubeconfig" GITFERRY_ALLOW_FILE_URLS=true GITFERRY_CACHE_DIR="$demo/cache" \
-  PYTHONUNBUFFERED=1 nohup "$py" -m gitferry run --all-namespaces >>"$log_file" 2>&1 </dev/null &
+  GITFERRY_METRICS_ADDR=127.0.0.1:0 PYTHONUNBUFFERED=1 nohup "$py" -m gitferry run --all-namespaces >>"$log_file" 2>&1 </dev/null &
 echo $! >"$pid_file"
 pid="$(cat "$pid_file")"
 for _ in $(seq 1 300); do
@@ -224,6 +225,7 @@ Change the app: edit a file in the work clone, commit and push; the next sync
   kubectl annotate grs/demo gitferry.dev/requested-at="\$(date +%s)" --overwrite
   kubectl get deploy web -n demo-app    # 3/3 ready a few seconds later
 
+Metrics: curl -s http://$(grep -o 'metrics_addr=[^ ]*' "$log_file" | tail -n 1 | cut -d= -f2)/metrics | grep gitferry_
 Operator log: $log_file
 Stop and remove everything: make demo-down
 EOF

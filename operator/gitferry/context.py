@@ -14,6 +14,7 @@ from .deadline import Deadline, DeadlineExceeded
 from .errors import ShuttingDown
 from .events import EventRecorder
 from .kube import Discovery, Kube, KubeError, ObjRef
+from .metrics import Metrics
 from .settings import Settings
 from .source import GitSource
 from .status import StatusWriter
@@ -58,6 +59,7 @@ class Context:
     settings: Settings
     status: StatusWriter
     events: EventRecorder
+    metrics: Metrics = field(default_factory=Metrics)
     _last_warning: dict[SyncKey, str] = field(default_factory=dict)
     # What each sync's git held at its last render: decides hand-overs.
     _last_render: dict[SyncKey, frozenset[str]] = field(default_factory=dict)
@@ -122,6 +124,7 @@ class Context:
             self._dependents.pop(key, None)
             for dependents in self._dependents.values():
                 dependents.discard(key)
+        self.metrics.forget_sync(key.namespace, key.name)  # its series go with it
 
     def wait_of(self, key: SyncKey) -> Wait | None:
         """The health check in progress for a sync, if any."""

@@ -77,6 +77,7 @@ def _finalize(ctx: Context, key: SyncKey, body: dict[str, Any]) -> None:
             if e not in released.remaining()
         ]
     left = pruner.wait_gone(result.deleted, deadline) if delete else []
+    ctx.metrics.objects({"deleted": len(result.deleted)})
     if suspended:
         log.info("sync=%s action=delete orphaned=true why=suspended", key)
     for ref, reason in result.kept:

@@ -45,6 +45,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     _runtime = Runtime.start()
+    await _runtime.serve()  # /metrics and /readyz
     _background.add(asyncio.create_task(_runtime.watch_uninstall()))
 
 
@@ -54,6 +55,7 @@ async def cleanup(**_: Any) -> None:
         task.cancel()
     if _runtime is not None:  # in a thread: the event loop (liveness) keeps answering
         await asyncio.get_running_loop().run_in_executor(None, _runtime.close)
+        await _runtime.stop_serving()
 
 
 # A new (or, after a restart, resumed) sync needs no request: its worker daemon

@@ -47,6 +47,7 @@ from .constants import (
     DISABLED,
     ENABLED,
     FIELD_MANAGER,
+    KIND,
     LABEL_SYNC_NAME,
     LABEL_SYNC_NAMESPACE,
     Reason,
@@ -82,12 +83,16 @@ from .kube import (
     ObjRef,
     Options,
 )
+from .metrics import ReconcileResult
 from .ownership import Decision, Verdict, claim_value, decide
 from .prune import Pruner, PruneResult, find_owned
 from .render import Manifest, assign_namespaces, render
 from .source import Checkout, GitCredentials
 
 log = logging.getLogger("gitferry.reconcile")
+
+# The reason of a reconcile that waits for a busy git source (no condition says it).
+WAITING_REASON = "GitSourceBusy"
 
 
 @dataclass(frozen=True)
@@ -187,11 +192,13 @@ def _reconcile(ctx: Context, key: SyncKey) -> Result:
             with in_stage(Stage.STATUS):
                 run.write(status.suspended())
             ctx.succeeded(key)  # no failure streak or wait survives a suspend
+            _observe(run, "success", Reason.SUSPENDED, suspended=True)
             return Result(True, _jitter(sync.spec.interval, ctx.settings.interval_jitter))
         outcome = _pipeline(run, sync)
     except Deferred as e:  # nothing asked, nothing written: try again in a moment
         log.info("sync=%s action=reconcile result=deferred why=%s", run.key, e)
         ctx.start_waiting(key)
+        _observe(run, "waiting", WAITING_REASON)
         return Result(True, random.uniform(1.0, 3.0))
     except ShuttingDown as e:  # nothing is written: the next start redoes this reconcile
         log.info("sync=%s action=reconcile result=stopped why=%s", run.key, e)
@@ -201,6 +208,7 @@ def _reconcile(ctx: Context, key: SyncKey) -> Result:
             log.exception("sync=%s action=reconcile error=internal", run.key)
             e = InternalError(f"internal error: {type(e).__name__}: {e}")
         _fail(run, e)
+        _observe(run, "failure", e.reason)
         if isinstance(e, DependencyNotReady):  # not a failure streak: woken when it is Ready
             return Result(False, _jitter(ctx.settings.dependency_requeue, 0.1))
         backoff = ctx.retry_after(key, retry, interval)
@@ -212,7 +220,17 @@ def _reconcile(ctx: Context, key: SyncKey) -> Result:
         run.wake.extend(ctx.dependents(run.key))
     log.info("sync=%s action=reconcile result=ok %s duration_ms=%d", run.key, outcome.summary,
              run.ms())  # fmt: skip
+    _observe(run, "success", Reason.SUCCEEDED)
     return Result(True, _jitter(sync.spec.interval, ctx.settings.interval_jitter), tuple(run.wake))
+
+
+def _observe(run: Run, result: ReconcileResult, reason: str, suspended: bool = False) -> None:
+    """The metrics of one reconcile: its duration, result and reason, and the sync's
+    state as its status now says (a reconcile cut off by a stop is left out)."""
+    m, key = run.ctx.metrics, run.key
+    seconds = time.monotonic() - run.started
+    m.reconciled(KIND, key.namespace, key.name, seconds=seconds, result=result, reason=reason)
+    m.sync_state(key.namespace, key.name, ready=run.status.ready, suspended=suspended)
 
 
 def _fail(run: Run, error: SyncError) -> None:
@@ -335,6 +353,8 @@ def _pipeline(run: Run, sync: Sync) -> Outcome:
     ctx.check_running("prune")  # never prune once shutdown began
     with in_stage(Stage.PRUNE, timeout):
         pruned, final = _prune(run, sync, plan, old, changes, checkout.revision, deadline)
+    same = not spec_changed and checkout.revision == run.status.last_applied_revision
+    _count(run, changes, drift=same)  # the same revision and spec again: writes were drift
     with in_stage(Stage.STATUS, timeout):
         _check_outcome(run, plan, pruned, final, changes, deadline)
     summary = f"revision={checkout.revision} {_counts(changes)}"
@@ -716,6 +736,17 @@ def _report_prune(run: Run, pruned: PruneResult) -> None:
             f"{ref} left git and was handed over to sync {to}, whose git holds it",
         )
         run.wake.append(to)
+
+
+def _count(run: Run, changes: ChangeSet, drift: bool) -> None:
+    """Objects by action in the metrics; with `drift`, the written ones as drift corrected."""
+    run.ctx.metrics.objects({a.value: changes.count(a) for a in Action})
+    if drift:
+        written = sum(
+            changes.count(a) for a in (Action.CREATED, Action.CONFIGURED, Action.RECREATED)
+        )
+        if written:
+            run.ctx.metrics.drift_corrected(run.key.namespace, run.key.name, written)
 
 
 def _counts(changes: ChangeSet) -> str:

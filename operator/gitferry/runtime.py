@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from .context import Context
 from .events import EventRecorder
 from .finalizer import finalize
 from .kube import Discovery, Kube, load_configuration
+from .metrics import Metrics, MetricsServer, listen
 from .reconcile import reconcile
 from .scheduler import Scheduler
 from .settings import Settings
@@ -31,10 +33,25 @@ class Runtime:
     scheduler: Scheduler[SyncKey]
     _finalizing: threading.Condition = field(default_factory=threading.Condition)
     _running_finalizers: int = 0
+    # Bound at start, served by serve() once the event loop runs.
+    _listener: socket.socket | None = None
+    _server: MetricsServer | None = None
 
     @classmethod
     def start(cls, settings: Settings | None = None) -> Runtime:
         settings = settings or Settings.from_env()
+        # First: a taken metrics port fails the start before anything else starts.
+        listener = listen(*settings.metrics_addr) if settings.metrics_addr else None
+        try:
+            return cls._start(settings, listener)
+        except BaseException:
+            if listener is not None:
+                listener.close()
+            raise
+
+    @classmethod
+    def _start(cls, settings: Settings, listener: socket.socket | None) -> Runtime:
+        metrics = Metrics.for_process()
         # One pool for every identity, as large as the threads that call at once.
         pool = settings.max_concurrent_reconciles * (settings.apply_concurrency + 1) + 4
         kube = Kube(load_configuration(pool_size=pool))
@@ -50,7 +67,8 @@ class Runtime:
                 fetch_timeout=settings.fetch_timeout,
                 max_fetches_per_host=settings.max_fetches_per_host,
                 failure_ttl=settings.git_failure_ttl,
-            )
+            ),
+            observer=metrics.git_request,
         )
         ctx = Context(
             kube=kube,
@@ -59,16 +77,46 @@ class Runtime:
             settings=settings,
             status=StatusWriter(kube),
             events=EventRecorder(kube),
+            metrics=metrics,
         )
         scheduler: Scheduler[SyncKey] = Scheduler(
             functools.partial(reconcile, ctx), settings.max_concurrent_reconciles
         )
+        metrics.watch_scheduler(
+            queued=lambda: scheduler.queued,
+            running=lambda: scheduler.running,
+            syncs=lambda: scheduler.workers,
+            threads=settings.max_concurrent_reconciles,
+        )
+        address = "off"
+        if listener is not None:
+            host, port = listener.getsockname()[:2]
+            address = f"{host}:{port}"
         log.info(
-            "action=start cache_dir=%s allow_file_urls=%s",
+            "action=start cache_dir=%s allow_file_urls=%s metrics_addr=%s",
             settings.cache_dir,
             settings.allow_file_urls,
+            address,
         )
-        return cls(ctx, scheduler)
+        return cls(ctx, scheduler, _listener=listener)
+
+    def not_ready(self) -> str | None:
+        """Why the operator is not ready, or None: it is from its start (clients
+        made, discovery read) until it begins to stop."""
+        return "the operator is stopping" if self.context.stopping.is_set() else None
+
+    async def serve(self) -> None:
+        """Serve /metrics and /readyz on the address Runtime.start bound (if any)."""
+        if self._listener is not None and self._server is None:
+            self._server = MetricsServer(
+                self._listener, self.context.metrics.registry, self.not_ready
+            )
+            await self._server.start()
+
+    async def stop_serving(self) -> None:
+        """After close(): /readyz said 503 while reconciles drained; now the port closes."""
+        if self._server is not None:
+            await self._server.stop()
 
     async def watch_uninstall(self, every: float = 5.0) -> None:
         """Poll the CRD; once it is being deleted, orphan every sync (uninstall.py)."""
@@ -107,3 +155,5 @@ class Runtime:
                 self._finalizing.wait(max(0.0, end - time.monotonic()))
         self.context.source.close()
         self.context.kube.close()
+        if self._server is None and self._listener is not None:  # bound, never served
+            self._listener.close()

@@ -88,6 +88,21 @@ class Scheduler(Generic[K]):
         for t in self._threads:
             t.start()
 
+    @property
+    def queued(self) -> int:
+        """Reconciles waiting for a thread."""
+        return self._queue.qsize()
+
+    @property
+    def running(self) -> int:
+        """Reconciles running now."""
+        return self._running
+
+    @property
+    def workers(self) -> int:
+        """Keys with a worker (`run`): the syncs this scheduler reconciles."""
+        return len(self._wake)
+
     def request(self, key: K, why: str) -> None:
         """Ask for a reconcile of `key` as soon as its worker is free, ahead of
         periodic ones. A sync with no worker (not watched here, or gone) has

@@ -7,6 +7,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .metrics import parse_addr
 from .render import Limits
 from .render.limits import MiB
 
@@ -54,6 +55,17 @@ def _int(name: str, default: int, minimum: int = 1) -> int:
     return number
 
 
+def _addr(name: str, default: str) -> tuple[str, int] | None:
+    """HOST:PORT; `off` turns the listener off."""
+    value = os.environ.get(name) or default
+    if value.strip().lower() == "off":
+        return None
+    try:
+        return parse_addr(value)
+    except ValueError as e:
+        raise SettingsError(f"{name}={value!r}: {e}, or off") from None
+
+
 @dataclass(frozen=True)
 class Settings:
     cache_dir: Path
@@ -92,6 +104,9 @@ class Settings:
     # Seconds between two looks at a dependency that is not ready (Flux's
     # --requeue-dependency); a dependency that becomes Ready wakes it at once.
     dependency_requeue: float = 30.0
+    # Where /metrics and /readyz listen (GITFERRY_METRICS_ADDR, 0.0.0.0:8081 in the
+    # operator); None: nowhere, as for a Runtime that a test or the benchmark drives.
+    metrics_addr: tuple[str, int] | None = None
     # Test hook: exit hard between apply and prune (proves the inventory is crash-safe).
     crash_before_prune: bool = False
 
@@ -126,4 +141,5 @@ class Settings:
             strict_substitution=_bool("GITFERRY_STRICT_SUBSTITUTION", True),
             health_poll_interval=_float("GITFERRY_HEALTH_POLL_INTERVAL", 2.0, 0.1),
             dependency_requeue=_float("GITFERRY_DEPENDENCY_REQUEUE", 30.0, 1.0),
+            metrics_addr=_addr("GITFERRY_METRICS_ADDR", "0.0.0.0:8081"),
         )

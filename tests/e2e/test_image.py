@@ -2,7 +2,7 @@
 from Debian packages (no registry needed), it runs exactly as manifests/deployment.yaml
 says — its command and env, as uid 65532 on a read-only root filesystem, with its
 emptyDir volumes and the install's ServiceAccount token mounted where Kubernetes
-mounts it — answers its liveness probe, and syncs a private repository over HTTPS
+mounts it — answers its liveness and readiness probes, and syncs a private repository over HTTPS
 with a CA from the sync's Secret, rendering a kustomization with the image's kubectl.
 
 Docker is needed: under CI a missing Docker fails the test; elsewhere it is skipped,
@@ -55,7 +55,7 @@ POD_FIELDS = {"serviceAccountName", "securityContext", "containers", "volumes"}
 POD_SECURITY = {"runAsNonRoot", "runAsUser", "runAsGroup", "fsGroup", "seccompProfile"}
 CONTAINER_FIELDS = {
     "name", "image", "imagePullPolicy", "command", "args", "env", "ports",
-    "livenessProbe", "resources", "securityContext", "volumeMounts",
+    "livenessProbe", "readinessProbe", "resources", "securityContext", "volumeMounts",
 }  # fmt: skip
 CONTAINER_SECURITY = {
     "runAsNonRoot", "runAsUser", "runAsGroup", "readOnlyRootFilesystem",
@@ -130,6 +130,7 @@ class PodRun:
     env: dict[str, str] = field(default_factory=dict)
     empty_dirs: dict[str, str] = field(default_factory=dict)  # mount path -> volume name
     liveness: tuple[int, str] | None = None  # port, path
+    readiness: tuple[int, str] | None = None  # port, path
 
 
 def read_deployment(path: Path = DEPLOYMENT) -> PodRun:
@@ -199,14 +200,16 @@ def read_deployment(path: Path = DEPLOYMENT) -> PodRun:
     else:
         run.command = list(c.get("args") or [])
 
-    probe = c.get("livenessProbe")
-    if probe:
-        ports = {p["name"]: int(p["containerPort"]) for p in c.get("ports") or [] if "name" in p}
-        port = probe["httpGet"]["port"]
-        run.liveness = (
-            ports[port] if isinstance(port, str) else int(port),
-            probe["httpGet"]["path"],
-        )
+    ports = {p["name"]: int(p["containerPort"]) for p in c.get("ports") or [] if "name" in p}
+    for field_name in ("livenessProbe", "readinessProbe"):
+        probe = c.get(field_name)
+        if probe:
+            port = probe["httpGet"]["port"]
+            where = (ports[port] if isinstance(port, str) else int(port), probe["httpGet"]["path"])
+            if field_name == "livenessProbe":
+                run.liveness = where
+            else:
+                run.readiness = where
     return run
 
 
@@ -327,16 +330,18 @@ def test_the_image_runs_as_the_deployment_says_and_syncs_over_https(
 
     # The container shares the host's network: the API server and the git server
     # listen on 127.0.0.1 only, and their certificates name 127.0.0.1. So the
-    # liveness port is the host's too. It must be free before the container starts
-    # (and free again once it is gone), so that the 200 on it can only come from
-    # the operator in the container.
+    # probes' ports are the host's too. They must be free before the container
+    # starts (and free again once it is gone), so that the 200 on them can only
+    # come from the operator in the container.
     assert pod.liveness is not None, "the Deployment has no liveness probe to prove"
+    assert pod.readiness is not None, "the Deployment has no readiness probe to prove"
     probe_port, probe_path = pod.liveness
-    if not port_is_free(probe_port):
-        unavailable(
-            f"port {probe_port} (the Deployment's liveness port) is taken on this host",
-            "stop what listens there: the container shares the host's network",
-        )
+    for which, (port, _) in (("liveness", pod.liveness), ("readiness", pod.readiness)):
+        if not port_is_free(port):
+            unavailable(
+                f"port {port} (the Deployment's {which} port) is taken on this host",
+                "stop what listens there: the container shares the host's network",
+            )
 
     # The install's ServiceAccount, mounted as the kubelet mounts it.
     sa_dir = tmp_path / "serviceaccount"
@@ -406,6 +411,8 @@ def test_the_image_runs_as_the_deployment_says_and_syncs_over_https(
     # Its liveness endpoint answers as the kubelet's probe would ask it.
     probe = f"http://127.0.0.1:{probe_port}{probe_path}"
     wait_for(f"GET {probe} to answer 200", lambda: http_status(probe) == 200, 60)
+    ready = "http://127.0.0.1:{}{}".format(*pod.readiness)
+    wait_for(f"GET {ready} to answer 200", lambda: http_status(ready) == 200, 60)
 
     # It runs as the manifest says: its uid, a root filesystem it cannot write.
     assert docker("exec", container.id, "id", "-u").stdout.strip() == str(pod.uid)
@@ -450,3 +457,4 @@ def test_the_image_runs_as_the_deployment_says_and_syncs_over_https(
     state = container.inspect()["State"]
     assert state["ExitCode"] == 0, f"exit code {state['ExitCode']}:\n{container.log()[-4000:]}"
     assert http_status(probe) != 200
+    assert http_status(ready) != 200

@@ -417,6 +417,9 @@ class Operator:
             "KUBECONFIG": str(kubeconfig),
             "GITFERRY_ALLOW_FILE_URLS": "true",
             "GITFERRY_CACHE_DIR": str(self.workdir / "cache"),
+            # Operators run side by side (and beside other runs): never the default
+            # port; the start line names the one the system picked (metrics_addr=).
+            "GITFERRY_METRICS_ADDR": "127.0.0.1:0",
             "PYTHONUNBUFFERED": "1",
             # This checkout's code, whatever else the venv has installed.
             "PYTHONPATH": str(REPO / "operator"),

@@ -26,6 +26,7 @@ import yaml
 
 from gitferry import api, constants
 from gitferry.errors import InvalidSpec
+from gitferry.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "manifests"
@@ -509,10 +510,30 @@ def test_deployment_writes_only_to_volumes(
 
 def test_deployment_liveness_probe(container: dict[str, Any]) -> None:
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"health": 8080}
+    assert ports == {"health": 8080, "metrics": 8081}
     probe = container["livenessProbe"]["httpGet"]
     assert probe["path"] == "/healthz"
     assert ports.get(probe["port"], probe["port"]) == 8080
+
+
+def test_deployment_readiness_probe_and_scrape_annotations(
+    deployment: dict[str, Any], container: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/readyz and /metrics listen on GITFERRY_METRICS_ADDR, whose default port the
+    probe, the container port and the scrape annotations all name."""
+    monkeypatch.delenv("GITFERRY_METRICS_ADDR", raising=False)
+    port = Settings.from_env().metrics_addr
+    assert port is not None and "GITFERRY_METRICS_ADDR" not in {e["name"] for e in container["env"]}
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    probe = container["readinessProbe"]["httpGet"]
+    assert probe["path"] == "/readyz"
+    assert ports.get(probe["port"], probe["port"]) == port[1]
+    notes = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert notes == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(port[1]),
+        "prometheus.io/path": "/metrics",
+    }
 
 
 # --- RBAC ----------------------------------------------------------------------

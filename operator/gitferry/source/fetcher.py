@@ -15,14 +15,14 @@ import logging
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..deadline import Deadline, DeadlineExceeded
 from .cache import DiskCache, Mirror
 from .credentials import GitCredentials, check_credentials
-from .errors import FetchError, RevisionMissing, SourceBusy, SourceError
+from .errors import AuthError, FetchError, RevisionMissing, SourceBusy, SourceError
 from .refs import GitRef, RefsAnswer, Resolved, Want, parse_ls_remote, resolve, want_of
 from .runner import GitSession, RunnerSettings
 from .urls import parse_url
@@ -34,6 +34,11 @@ GIB = 1 << 30
 MIB = 1 << 20
 _REBUILD_FACTOR = 2
 _FRESH_ENOUGH_SECONDS = 1.0
+
+# Told of every git network operation once it ends: (operation, outcome, seconds),
+# operation "ls-remote" or "fetch", outcome "ok", "auth_failed", "not_found",
+# "timeout" or "error". The runtime hands one in (metrics); this library imports none.
+GitObserver = Callable[[str, str, float], None]
 
 
 @dataclass(frozen=True)
@@ -67,8 +72,9 @@ class Checkout:
 class GitSource:
     """Fetches revisions into a shared, bounded cache. Thread-safe."""
 
-    def __init__(self, settings: SourceSettings) -> None:
+    def __init__(self, settings: SourceSettings, observer: GitObserver | None = None) -> None:
         self.settings = settings
+        self._observer = observer
         self._cache = DiskCache(settings.cache_dir, settings.max_cache_bytes)
         self._fetch_slots = threading.BoundedSemaphore(max(1, settings.max_concurrent_fetches))
         self._hosts_lock = threading.Lock()
@@ -225,7 +231,7 @@ class GitSource:
         if answer is not None and time.monotonic() - answer.at < max_age:
             return answer
         self._ensure_initialised(mirror, session)  # ls-remote runs in it: no repo discovery
-        with self._fetch_slot(session, deadline):
+        with self._fetch_slot(session, deadline), self._observed("ls-remote"):
             out = session.run(
                 ["ls-remote", "--symref", "--", session.url.url],
                 action="ls-remote",
@@ -310,7 +316,8 @@ class GitSource:
         ]
         with self._fetch_slot(session, deadline):
             try:
-                session.run(args, action="fetch", git_dir=mirror.path, wanted=wanted)
+                with self._observed("fetch"):
+                    session.run(args, action="fetch", git_dir=mirror.path, wanted=wanted)
             except (SourceError, DeadlineExceeded):
                 # A failed fetch can leave what it wrote behind: lock files after a
                 # kill, loose objects and tmp_obj_* after a full disk (which the
@@ -397,6 +404,25 @@ class GitSource:
             )
 
     @contextlib.contextmanager
+    def _observed(self, operation: str) -> Iterator[None]:
+        """Tell the observer how the git network operation in this block ended."""
+        started = time.monotonic()
+        try:
+            yield
+        except BaseException as e:
+            self._notify(operation, _outcome(e), started)
+            raise
+        self._notify(operation, "ok", started)
+
+    def _notify(self, operation: str, outcome: str, started: float) -> None:
+        if self._observer is None:
+            return
+        try:
+            self._observer(operation, outcome, time.monotonic() - started)
+        except Exception:  # an observer's bug must not fail a fetch
+            log.exception("action=observe operation=%s", operation)
+
+    @contextlib.contextmanager
     def _fetch_slot(self, session: GitSession, deadline: Deadline) -> Iterator[None]:
         """One of max_fetches_per_host network operations against the URL's host,
         and one of max_concurrent_fetches across all hosts. Waits at most
@@ -427,3 +453,14 @@ class GitSource:
                 self._fetch_slots.release()
         finally:
             slots.release()
+
+
+def _outcome(error: BaseException) -> str:
+    """A bounded word for how a git network operation failed."""
+    if isinstance(error, AuthError):
+        return "auth_failed"
+    if isinstance(error, RevisionMissing):
+        return "not_found"
+    if isinstance(error, DeadlineExceeded) or (isinstance(error, FetchError) and error.timed_out):
+        return "timeout"
+    return "error"
