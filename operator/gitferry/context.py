@@ -13,8 +13,9 @@ from .api import InventoryEntry, Sync, SyncKey, SyncStatus, sync_path
 from .deadline import Deadline, DeadlineExceeded
 from .errors import ShuttingDown
 from .events import EventRecorder
-from .kube import Discovery, Kube, KubeError, ObjRef
+from .kube import ChangeSet, Discovery, Kube, KubeError, ObjRef
 from .metrics import Metrics
+from .reports import Reporter, SyncReport, publish
 from .settings import Settings
 from .source import GitSource
 from .status import StatusWriter
@@ -32,6 +33,8 @@ class Wait:
     healthy: frozenset[ObjRef] = frozenset()
     # When git was last asked (time.monotonic()): a waiting sync asks once per interval.
     fetched_at: float = 0.0
+    # What the apply wrote, for the report once the revision is healthy.
+    changes: ChangeSet | None = None
 
 
 class SyncLock:
@@ -60,6 +63,8 @@ class Context:
     status: StatusWriter
     events: EventRecorder
     metrics: Metrics = field(default_factory=Metrics)
+    # Subscribers to SyncReports (chat notifications, commit statuses): they enqueue only.
+    reporters: list[Reporter] = field(default_factory=list)
     _last_warning: dict[SyncKey, str] = field(default_factory=dict)
     # What each sync's git held at its last render: decides hand-overs.
     _last_render: dict[SyncKey, frozenset[str]] = field(default_factory=dict)
@@ -125,6 +130,10 @@ class Context:
             for dependents in self._dependents.values():
                 dependents.discard(key)
         self.metrics.forget_sync(key.namespace, key.name)  # its series go with it
+
+    def report(self, report: SyncReport) -> None:
+        """Publish a SyncReport to every subscriber (reports.py); never blocks."""
+        publish(self.reporters, report)
 
     def wait_of(self, key: SyncKey) -> Wait | None:
         """The health check in progress for a sync, if any."""

@@ -87,6 +87,7 @@ from .metrics import ReconcileResult
 from .ownership import Decision, Verdict, claim_value, decide
 from .prune import Pruner, PruneResult, find_owned
 from .render import Manifest, assign_namespaces, render
+from .reports import Phase, SyncReport
 from .source import Checkout, GitCredentials
 
 log = logging.getLogger("gitferry.reconcile")
@@ -132,6 +133,7 @@ class Run:
         self.fields: dict[str, Any] = {}
         # Added to the "applying" message: why a health check in progress ended.
         self.note = ""
+        self.url = ""  # the spec's git URL, once the spec parsed (for reports)
         # Ready for this generation when the reconcile began: becoming Ready wakes dependents.
         self.was_ready = status_.ready == "True" and status_.observed_generation == meta.generation
 
@@ -162,6 +164,29 @@ class Run:
     def event(self, type_: str, reason: str, message: str) -> None:
         self.ctx.events.post(self.key, self.meta.uid, type_, reason, message)
 
+    def report(
+        self, phase: Phase, reason: str, message: str, revision: str | None = None,
+        changes: ChangeSet | None = None,
+    ) -> None:  # fmt: skip
+        """Tell the subscribers (chat, commit statuses) where this sync's revision stands."""
+        self.ctx.report(
+            SyncReport(
+                key=self.key,
+                uid=self.meta.uid,
+                url=self.url,
+                revision=revision or self.fields.get("last_attempted_revision")
+                or self.status.last_attempted_revision or "",
+                phase=phase,
+                reason=reason,
+                message=message,
+                changes=tuple(
+                    f"{c.ref} {c.action.value}" for c in (changes.changes if changes else ())
+                    if c.action not in (Action.UNCHANGED, Action.SKIPPED)
+                ),
+                labels=dict(self.meta.labels),
+            )
+        )  # fmt: skip
+
     def ms(self) -> int:
         return int((time.monotonic() - self.started) * 1000)
 
@@ -188,6 +213,7 @@ def _reconcile(ctx: Context, key: SyncKey) -> Result:
         with in_stage(Stage.SPEC):
             sync = parse_sync(body)
         retry, interval = sync.spec.retry_interval, sync.spec.interval
+        run.url = sync.spec.url
         if sync.spec.suspend:
             with in_stage(Stage.STATUS):
                 run.write(status.suspended())
@@ -251,6 +277,7 @@ def _fail(run: Run, error: SyncError) -> None:
         log.warning("sync=%s action=status-failed error=%s", run.key, e.message)
     if run.ctx.warn_once(run.key, error.message):
         run.event(WARNING, error.reason, error.message)
+    run.report(Phase.FAILED, error.reason, error.message)
 
 
 def _check_supported(sync: Sync) -> None:
@@ -365,7 +392,7 @@ def _pipeline(run: Run, sync: Sync) -> Outcome:
             )
         run.fields["inventory"] = final
         wait = Wait(checkout.revision, sync.generation, run.started + timeout, targets,
-                    fetched_at=time.monotonic())  # fmt: skip
+                    fetched_at=time.monotonic(), changes=changes)  # fmt: skip
         if changes.changed:
             run.event(NORMAL, "Progressing", f"{checkout.revision}: {changes.summary()}")
         return _await_health(run, sync, wait, exprs, summary, changed=changes.changed)
@@ -470,6 +497,9 @@ def _await_health(
                           f"{wait.revision}: health check passed in {format_seconds(waited)}")  # fmt: skip
             log.info("sync=%s revision=%s action=health result=healthy objects=%d", run.key,
                      wait.revision, total)  # fmt: skip
+            run.report(Phase.SUCCEEDED, Reason.SUCCEEDED,
+                       f"Applied revision: {wait.revision}; {total} object(s) healthy",
+                       wait.revision, wait.changes)  # fmt: skip
             return Outcome(summary or f"revision={wait.revision} healthy={total}")
         ctx.set_wait(run.key, wait)
         run.write(
@@ -604,6 +634,8 @@ def _apply(
     run.set_parent(
         applyset.parent_metadata(sync.key.name, sync.key.namespace, _refs(grown)), deadline
     )
+    if revision != run.status.last_applied_revision:
+        run.report(Phase.PENDING, Reason.PROGRESSING, f"applying {revision}", revision)
     if revision != run.status.last_applied_revision or grown != (run.status.inventory or ()):
         run.write(
             # After a failure, kstatus readers see that this is a retry.
@@ -695,6 +727,8 @@ def _succeed(
     )
     if changes.changed:
         run.event(NORMAL, "ReconciliationSucceeded", f"{revision}: {changes.summary()}")
+    run.report(Phase.SUCCEEDED, Reason.SUCCEEDED, f"Applied revision: {revision}", revision,
+               changes)  # fmt: skip
 
 
 def _refs(entries: tuple[InventoryEntry, ...]) -> list[ObjRef]:
