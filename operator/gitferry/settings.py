@@ -81,6 +81,10 @@ class Settings:
     max_concurrent_fetches: int = 4
     max_fetches_per_host: int = 2
     git_failure_ttl: float = 30.0
+    # spec.postBuild: a ${var} with no value and no default fails the reconcile
+    # (Flux's StrictPostBuildSubstitutions, on by default since
+    # kustomize-controller v1.9); off, it becomes "".
+    strict_substitutions: bool = True
     # Test hook: exit hard between apply and prune (proves the inventory is crash-safe).
     crash_before_prune: bool = False
 
@@ -111,4 +115,5 @@ class Settings:
             max_concurrent_fetches=_int("GITFERRY_MAX_CONCURRENT_FETCHES", 4),
             max_fetches_per_host=_int("GITFERRY_MAX_FETCHES_PER_HOST", 2),
             git_failure_ttl=_float("GITFERRY_GIT_FAILURE_TTL", 30.0, 0.0),
+            strict_substitutions=_bool("GITFERRY_STRICT_SUBSTITUTIONS", True),
         )
