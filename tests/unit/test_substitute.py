@@ -12,6 +12,7 @@ import json
 import os
 import time
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 from unittest import mock
 
@@ -21,10 +22,12 @@ from hypothesis import strategies as st
 
 from gitferry.deadline import Deadline, DeadlineExceeded
 from gitferry.render import (
+    Limits,
     Manifest,
     RenderError,
     SubstitutionError,
     check_variable_names,
+    render,
     substitute,
 )
 
@@ -298,6 +301,42 @@ def test_flux_docs_secret_string_data() -> None:
     assert "0451" not in str(e)
 
 
+def test_flux_controller_number_and_boolean_test() -> None:
+    """kustomize-controller's TestKustomizationReconciler_VarsubNumberBool."""
+    variables = {
+        "q": '"',
+        "numberStr": "!!str 123",
+        "number": "123",
+        "booleanStr": "!!str true",
+        "boolean": "true",
+    }
+    repo = Manifest(
+        {
+            "apiVersion": "source.toolkit.fluxcd.io/v1",
+            "kind": "GitRepository",
+            "metadata": {
+                "name": "r",
+                "namespace": "apps",
+                "labels": {"id": "${numberStr}", "enabled": "${booleanStr}"},
+                "annotations": {"id": "${q}${number}${q}", "enabled": "${q}${boolean}${q}"},
+            },
+            "spec": {"interval": "${number}m", "url": "https://host/repo"},
+        },
+        "templates.yaml",
+    )
+    text = "This variable is escaped $${var}\n\nLorem ipsum.\n\n\\?\n"
+    cm = config_map({"id": "${q}${number}${q}", "text": text})
+    out_repo, out_cm = run([repo, cm], variables)
+    meta = out_repo.obj["metadata"]
+    assert meta["labels"] == {"id": "123", "enabled": "true"}
+    assert meta["annotations"] == {"id": "123", "enabled": "true"}
+    assert out_repo.obj["spec"]["interval"] == "123m"
+    assert out_cm.obj["data"]["id"] == "123"
+    assert "${var}" in out_cm.obj["data"]["text"]
+    assert "$${var}" not in out_cm.obj["data"]["text"]
+    assert "\\?" in out_cm.obj["data"]["text"]
+
+
 # --- types: what Flux's re-parse of the YAML gives ----------------------------------
 @pytest.mark.parametrize(
     ("value", "expected"),
@@ -321,6 +360,8 @@ def test_flux_docs_secret_string_data() -> None:
         ("1e400", "1e400"),  # beyond float64: text for go-yaml
         ("'007'", "007"),  # one whole quoted scalar is that string
         ('"a\\tb"', "a\tb"),
+        ("!!str 0x1F", "0x1F"),  # one whole scalar tagged as a string
+        ("!!int 5", "!!int 5"),  # other tags are text
         ("'a' 'b'", "'a' 'b'"),
         ('"a": b', '"a": b'),
         ("v1.2", "v1.2"),
@@ -655,3 +696,30 @@ def test_fuzz_substitution_ends_in_objects_or_a_substitution_error(
     json.dumps(out.obj, allow_nan=False)
     assert all("envleak" not in s.lower() for s in strings(out.obj))
     assert isinstance(out.obj["metadata"]["name"], str) and out.obj["metadata"]["name"]
+
+
+def test_after_render_as_the_pipeline_calls_it(tmp_path: Path) -> None:
+    """render folds stringData into data; substitution still sees its text."""
+    (tmp_path / "app.yaml").write_text(
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\n"
+        "stringData:\n  url: https://${host}/${path:=api}\n"
+        "---\n"
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n"
+        "spec:\n  replicas: ${replicas}\n  template:\n    spec:\n      containers:\n"
+        "      - name: web\n        image: web:${tag}\n        env:\n"
+        '        - {name: PORT, value: "${port}"}\n'
+    )
+    manifests = render(tmp_path, ".", Limits())
+    secret, deploy = run(
+        manifests,
+        {"host": "example.com", "replicas": "2", "tag": "1.0", "port": "8080"},
+        max_bytes=Limits().max_total_bytes,
+    )
+    assert base64.b64decode(secret.obj["data"]["url"]) == b"https://example.com/api"
+    spec = deploy.obj["spec"]
+    assert spec["replicas"] == 2
+    [container] = spec["template"]["spec"]["containers"]
+    assert container["image"] == "web:1.0"
+    # As in Flux (kustomize drops the quotes before it substitutes), a number:
+    # the API server refuses it, and Flux's docs say to use ${quote}.
+    assert container["env"] == [{"name": "PORT", "value": 8080}]

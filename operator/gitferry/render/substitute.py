@@ -50,8 +50,9 @@ Where this differs from Flux, on purpose:
   `"${PORT}"`, so Flux reads `8080` either way): a changed string is resolved
   as go-yaml v2 resolves a plain scalar (`scalars.py`), so `replicas:
   ${REPLICAS}` is the integer 3, `${ON}` the boolean true, `""` null. A
-  result that is one whole YAML quoted scalar is that string, which keeps
-  Flux's documented `${quote}${id}${quote}` idiom. A string kustomize would
+  result that is one whole YAML scalar marked as a string, quoted or tagged
+  `!!str`, is that string: Flux's documented `${quote}${id}${quote}` idiom
+  and its tested `!!str 123` value keep working. A string kustomize would
   quote (leading or trailing spaces, a line break, `: `, ` #`, a leading
   indicator), and any result holding a line break, stays a string, as in
   Flux.
@@ -667,9 +668,10 @@ def _written_plain(text: str) -> bool:
     return not any(s in text for s in (": ", ":\t", " #", "\t#"))
 
 
-def _quoted(text: str) -> str | None:
-    """The string a whole YAML quoted scalar (`"…"` or `'…'`) stands for; None
-    when `text` is anything else."""
+def _one_string(text: str) -> str | None:
+    """The string that `text` stands for when it is one whole YAML scalar
+    marked as a string: quoted (`"…"`, `'…'`) or tagged (`!!str …`); None
+    when it is anything else."""
     try:
         events = list(yaml.parse(text, Loader=yaml.CSafeLoader))
     except yaml.YAMLError:
@@ -677,11 +679,11 @@ def _quoted(text: str) -> str | None:
     if len(events) != 5:  # stream start, document start, the scalar, document end, stream end
         return None
     scalar = events[2]
-    if not isinstance(scalar, yaml.ScalarEvent) or scalar.style not in ("'", '"'):
+    if not isinstance(scalar, yaml.ScalarEvent) or scalar.anchor is not None:
         return None
-    if scalar.tag not in (None, "!"):
-        return None
-    return str(scalar.value)
+    if scalar.tag == scalars.STR or (scalar.tag in (None, "!") and scalar.style in ("'", '"')):
+        return str(scalar.value)
+    return None
 
 
 class _NotJSON(Exception):
@@ -692,10 +694,10 @@ def _resolve(original: str, result: str) -> Any:
     """What Flux's re-parse makes of `result`, substituted into `original`."""
     if not _written_plain(original) or _LINE_BREAK.search(result):
         return result
-    if result[:1] in ("'", '"'):
-        quoted = _quoted(result)
-        if quoted is not None:
-            return quoted
+    if result.startswith(("'", '"', "!!str")):
+        string = _one_string(result)
+        if string is not None:
+            return string
     tag = scalars.resolve_plain(result)
     if tag not in (scalars.INT, scalars.FLOAT, scalars.BOOL, scalars.NULL):
         return result
@@ -887,5 +889,5 @@ class _Run:
             self.error(["metadata"], "must be a mapping")
         if meta.get("name") == "":
             self.error(["metadata", "name"], "is empty once substituted")
-        if meta.get("namespace") == "":
-            del meta["namespace"]  # a fresh dict: the walk copied what it changed
+        if meta.get("namespace") == "":  # no namespace, as render reads an empty one
+            obj["metadata"] = {k: v for k, v in meta.items() if k != "namespace"}
