@@ -524,6 +524,8 @@ def test_substring_edges() -> None:
     assert value_of("${a: 2}", v) == "abcdef"  # Go's Atoi: no spaces
     assert value_of("${a:x}", v) == "abcdef"
     assert value_of("${a:1:x}", v) == "abcdef"
+    assert value_of("${a:" + "9" * 5000 + "}", v) == "abcdef"  # beyond int64: no integer
+    assert value_of("${a:00000000000000000000001}", v) == "bcdef"
     e = error_of(config_map({"v": "${a:1:${n}}"}), {**v, "n": "-1"})
     assert "${a:…}: a negative length is not supported" in str(e)
 
@@ -585,6 +587,13 @@ def test_a_glob_is_linear_in_the_value() -> None:
     # Backtracking matchers take exponential time on this pattern and value.
     value_of("${a##*a*a*a*a*a*a*a*a*b}", {"a": "a" * 20_000})
     assert time.monotonic() - start < 5
+
+
+def test_nesting_is_bounded() -> None:
+    deep = "${a:=" * 32 + "x" + "}" * 32
+    assert value_of(deep, {}) == "x"
+    e = error_of(config_map({"v": "${a:=" * 10_000 + "}" * 10_000}), {"a": ""})
+    assert "nested deeper than 32 levels" in str(e)
 
 
 def test_the_deadline_is_kept() -> None:

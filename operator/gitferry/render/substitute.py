@@ -66,16 +66,18 @@ Where this differs from Flux, on purpose:
 
 Bounds: values are untrusted (a tenant's ConfigMap). Everything substitution
 writes, expression results and the final strings, is charged in UTF-8 bytes
-against `max_bytes` for the whole call (a glob match is charged as writing its
-value once per 64 characters of pattern, so it is bounded in time too), so a
-large value used many times fails fast instead of exhausting memory. Errors
-name the file, the object, the field and the variable, never a value: values
-may come from Secrets.
+against `max_bytes` for the whole call, and a glob match as writing its value
+once per 64 tokens and once per range of a class (its time is linear in
+both), so a large value used many times fails fast instead of exhausting
+memory or time. `${` nests at most `MAX_NESTING` deep. Errors name the file,
+the object, the field and the variable, never a value: values may come from
+Secrets.
 
 Why our own: no Python library matches Flux's grammar. `expandvars` expands
 `$var` and reads `$$` as the process id, `${var:=d}` assigns into the
-environment and `${var:+d}` follows bash; `envsubst` (2019) knows only `${var}`
-and `${var:-d}`; neither bounds its output.
+environment and `${var:+d}` follows bash; `envsubst` (last released 2019)
+reads the environment and argv, expands `$var`, and gives `${var-d}` bash's
+meaning; neither has Flux's string functions or bounds its output.
 """
 
 from __future__ import annotations
@@ -105,7 +107,7 @@ _VARIABLE_NAME = re.compile(r"[_A-Za-z][_A-Za-z0-9]*")
 
 # Operators that supply a value for an unset variable: strict mode allows them.
 _DEFAULTS = frozenset({"=", ":=", ":-"})
-_CASES = {"^": "upper first", "^^": "upper", ",": "lower first", ",,": "lower"}
+_CASES = frozenset({"^", "^^", ",", ",,"})  # upper / lower case: the first or every character
 _LINE_BREAK = re.compile("[\n\r\x85\u2028\u2029]")
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
@@ -179,12 +181,11 @@ def _disabled(m: Manifest, key: str, value: str) -> bool:
 @dataclass(frozen=True, slots=True)
 class _Expr:
     """One `${…}`: the variable, the operator ("" for `${var}`, "len" for
-    `${#var}`), its arguments (text or nested expressions) and where it starts."""
+    `${#var}`) and its arguments (text or nested expressions)."""
 
     name: str
     op: str
     args: tuple[_Part, ...]
-    at: int
 
     def shape(self) -> str:
         """How a message shows it: `${NAME:=…}`, never its arguments' text."""
@@ -204,12 +205,18 @@ class _SyntaxProblem(Exception):
         self.at = at
 
 
+# `${a:=${b:=…}}` nests; parsing and evaluating recurse, so git may not nest
+# deeper than this (Python's stack would end first, with no useful message).
+MAX_NESTING = 32
+
+
 class _Parser:
     """Flux's envsubst grammar, read left to right with no backtracking."""
 
     def __init__(self, text: str) -> None:
         self.s = text
         self.i = 0
+        self.depth = 0
 
     def peek(self, ahead: int = 0) -> str:
         j = self.i + ahead
@@ -262,6 +269,16 @@ class _Parser:
 
     def expr(self) -> _Expr:
         start = self.i
+        if self.depth >= MAX_NESTING:
+            self.fail(f"'${{' nested deeper than {MAX_NESTING} levels", start)
+        self.depth += 1
+        try:
+            return self.inner(start)
+        finally:
+            self.depth -= 1
+
+    def inner(self, start: int) -> _Expr:
+        """The `${…}` that starts at `start`."""
         self.i += 2  # ${
         if self.peek() == "#":
             self.i += 1
@@ -269,7 +286,7 @@ class _Parser:
             if not name:
                 self.fail("'${#' must be followed by a variable name", start)
             self.close(start)
-            return _Expr(name, "len", (), start)
+            return _Expr(name, "len", ())
         name = self.ident()
         if not name:
             self.fail(
@@ -278,7 +295,7 @@ class _Parser:
         c = self.peek()
         if c == "}":
             self.i += 1
-            return _Expr(name, "", (), start)
+            return _Expr(name, "", ())
         if c == ":":
             after = self.peek(1)
             if after in ("=", "-"):
@@ -303,7 +320,7 @@ class _Parser:
             if op not in _CASES:
                 self.fail(f"${{{name}{op}}} is not supported: use one of ^ ^^ , ,,", start)
             self.close(start)
-            return _Expr(name, op, (), start)
+            return _Expr(name, op, ())
         if c == "/":
             return self.replacement(name, start)
         if c in ("#", "%"):
@@ -311,7 +328,7 @@ class _Parser:
             self.i += len(op)
             pattern = self.param("}", escapes=False)
             self.close(start)
-            return _Expr(name, op, (pattern,), start)
+            return _Expr(name, op, (pattern,))
         if c in ("-", "+", "?"):
             self.fail(
                 f"${{{name}{c}…}} is not supported (Flux refuses it too): "
@@ -327,19 +344,19 @@ class _Parser:
                 self.fail("missing '}' to close the '${'", start)
             args.append(self.param("}", escapes=False))
         self.i += 1
-        return _Expr(name, op, tuple(args), start)
+        return _Expr(name, op, tuple(args))
 
     def substring(self, name: str, start: int) -> _Expr:
         position = self.param(":}", escapes=False)
         if self.peek() == "}":
             self.i += 1
-            return _Expr(name, ":", (position,), start)
+            return _Expr(name, ":", (position,))
         if self.peek() != ":":
             self.fail(f"${{{name}:…}} takes a position and a length, then '}}'", start)
         self.i += 1
         length = self.param("}", escapes=False)
         self.close(start)
-        return _Expr(name, ":", (position, length), start)
+        return _Expr(name, ":", (position, length))
 
     def replacement(self, name: str, start: int) -> _Expr:
         self.i += 1
@@ -360,10 +377,10 @@ class _Parser:
                     f"leaves the value unchanged): write ${{{name}{op[1]}…}}",
                     start,
                 )
-            return _Expr(name, op, (old,), start)
+            return _Expr(name, op, (old,))
         new = self.param("}", escapes=True)
         self.close(start)
-        return _Expr(name, op, (old, new), start)
+        return _Expr(name, op, (old, new))
 
     def param(self, stop: str, *, escapes: bool) -> _Part:
         """One argument: a nested `${…}`, or text up to a `stop` character or a `${`."""
@@ -467,8 +484,7 @@ class _Evaluator:
             return _substring(value, args, e)
         if op.startswith("/"):
             return self.replace(value, op, args)
-        self.budget.take(len(value) * (1 + len(args[0]) // 64))
-        return _trim(value, op, args[0], e)
+        return _trim(value, op, args[0], e, self.budget)
 
     def replace(self, value: str, op: str, args: list[str]) -> str:
         old = args[0]
@@ -507,8 +523,8 @@ _INT64 = 1 << 63
 
 def _atoi(text: str) -> int | None:
     """Go's strconv.Atoi: an optional sign and ASCII digits, within int64."""
-    if not _ATOI.fullmatch(text):
-        return None
+    if not _ATOI.fullmatch(text) or len(text.lstrip("+-").lstrip("0")) > 19:
+        return None  # beyond int64 (and never a 5000-digit int() for Python to refuse)
     number = int(text)
     return number if -_INT64 <= number < _INT64 else None
 
@@ -591,12 +607,7 @@ def _class_char(pattern: str, i: int) -> tuple[str, int]:
     return pattern[i], i + 1
 
 
-def _token_matches(token: tuple[Any, ...], c: str) -> bool:
-    kind = token[0]
-    if kind == "?":
-        return True
-    if kind == "=":
-        return bool(token[1] == c)
+def _in_class(token: tuple[Any, ...], c: str) -> bool:
     negated, ranges = token[1], token[2]
     return any(lo <= c <= hi for lo, hi in ranges) != bool(negated)
 
@@ -608,6 +619,12 @@ def _prefix_ends(tokens: list[tuple[Any, ...]], text: str) -> Iterator[int]:
     k = len(tokens)
     stars = sum(1 << j for j, t in enumerate(tokens) if t is _STAR)
     done = 1 << k
+    anything = sum(1 << j for j, t in enumerate(tokens) if t[0] == "?")
+    literal: dict[str, int] = {}
+    for j, t in enumerate(tokens):
+        if t[0] == "=":
+            literal[t[1]] = literal.get(t[1], 0) | 1 << j
+    classes = [(j, t) for j, t in enumerate(tokens) if t[0] == "["]
     masks: dict[str, int] = {}
 
     def closure(bits: int) -> int:
@@ -617,9 +634,10 @@ def _prefix_ends(tokens: list[tuple[Any, ...]], text: str) -> Iterator[int]:
     for end, c in enumerate(text, 1):
         mask = masks.get(c)
         if mask is None:
-            mask = sum(
-                1 << j for j, t in enumerate(tokens) if t is not _STAR and _token_matches(t, c)
-            )
+            mask = literal.get(c, 0) | anything
+            for j, t in classes:
+                if _in_class(t, c):
+                    mask |= 1 << j
             masks[c] = mask
         bits = closure(((bits & mask) << 1) | (bits & stars))
         if not bits:
@@ -628,11 +646,17 @@ def _prefix_ends(tokens: list[tuple[Any, ...]], text: str) -> Iterator[int]:
             yield end
 
 
-def _trim(value: str, op: str, pattern: str, e: _Expr) -> str:
+def _trim(value: str, op: str, pattern: str, e: _Expr, budget: _Budget) -> str:
+    """`value` less the shortest (`#`, `%`) or longest (`##`, `%%`) non-empty
+    prefix (`#`) or suffix (`%`) that the glob matches. The match is charged
+    to `budget` as writing the value once per 64 tokens and once per range of
+    a class: its time is linear in both."""
     try:
         tokens = _glob(pattern)
     except ValueError as err:
         raise _Refused(f"its pattern {err}", e) from None
+    ranges = sum(len(t[2]) for t in tokens if t[0] == "[")
+    budget.take(len(value) * (1 + len(tokens) // 64 + ranges))
     from_end = op.startswith("%")
     text = value[::-1] if from_end else value
     if from_end:
