@@ -396,20 +396,19 @@ def _post_build(raw: Any) -> PostBuild | None:
     if not isinstance(raw, dict):
         raise InvalidSpec("spec.postBuild: must be an object")
     substitute = raw.get("substitute") or {}
-    if not isinstance(substitute, dict):
-        raise InvalidSpec("spec.postBuild.substitute: must be a map of names to strings")
+    if not isinstance(substitute, dict) or not all(isinstance(v, str) for v in substitute.values()):
+        raise InvalidSpec("spec.postBuild.substitute: must map names to strings")
     refs = []
     for i, e in enumerate(_list(raw.get("substituteFrom"), "postBuild.substituteFrom")):
         where = f"postBuild.substituteFrom[{i}]"
         kind = _str(e, "kind", where)
         if kind not in ("ConfigMap", "Secret"):
             raise InvalidSpec(f"spec.{where}.kind: must be ConfigMap or Secret, not {kind!r}")
-        refs.append(SubstituteRef(kind, _str(e, "name", where), bool(e.get("optional", False))))
-    return PostBuild(
-        # The API server keeps a map's values as written; YAML numbers become text.
-        substitute={str(k): "" if v is None else str(v) for k, v in substitute.items()},
-        substitute_from=tuple(refs),
-    )
+        optional = e.get("optional", False)
+        if not isinstance(optional, bool):
+            raise InvalidSpec(f"spec.{where}.optional: must be true or false")
+        refs.append(SubstituteRef(kind, _str(e, "name", where), optional))
+    return PostBuild(substitute=dict(substitute), substitute_from=tuple(refs))
 
 
 def parse_meta(body: dict[str, Any]) -> SyncMeta:

@@ -19,6 +19,9 @@ LABEL_SYNC_NAMESPACE = "gitferry.dev/sync-namespace"
 ANNOTATION_PRUNE = "gitferry.dev/prune"  # "disabled": never delete
 ANNOTATION_RECONCILE = "gitferry.dev/reconcile"  # "disabled": create once, then leave
 ANNOTATION_FORCE = "gitferry.dev/force"  # "enabled": recreate on immutable changes
+# "disabled", as a label or an annotation: postBuild leaves ${…} as written
+# (Flux: kustomize.toolkit.fluxcd.io/substitute).
+ANNOTATION_SUBSTITUTE = "gitferry.dev/substitute"
 ANNOTATION_ADOPTED = "gitferry.dev/adopted"
 ANNOTATION_CLAIM = "gitferry.dev/claimed-by"
 ANNOTATION_REQUESTED_AT = "gitferry.dev/requested-at"

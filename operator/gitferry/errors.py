@@ -20,7 +20,7 @@ from enum import StrEnum
 from .constants import Reason
 from .deadline import DeadlineExceeded
 from .kube import ApplyError, KubeError
-from .render import PathError, RenderError
+from .render import PathError, RenderError, SubstitutionError
 from .source import (
     AuthError,
     FetchError,
@@ -87,6 +87,17 @@ class RenderFailed(SyncError):
 
 class RenderTimedOut(SyncError):
     """Rendering ran out of time: a retry may finish (not Stalled)."""
+
+    reason = Reason.RENDER_FAILED
+
+
+class SubstitutionFailed(SyncError):
+    """spec.postBuild could not substitute: a variable unset with no default
+    (strict), a ConfigMap or Secret missing or unreadable, a key that is no
+    variable name, or a `${…}` that git's content writes wrong. Flux reports
+    all of them as BuildFailed, which is gitferry's RenderFailed. Not Stalled:
+    the fix may be a change to a ConfigMap or Secret, which no event announces,
+    so the retry is what finds it."""
 
     reason = Reason.RENDER_FAILED
 
@@ -183,6 +194,7 @@ _LIBRARY_ERROR: tuple[tuple[type[Exception], type[SyncError]], ...] = (
     (FetchError, GitFetchFailed),
     (SourceError, GitFetchFailed),
     (PathError, PathNotFound),
+    (SubstitutionError, SubstitutionFailed),
     (RenderError, RenderFailed),
     (ApplyError, ApplyFailed),
 )

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from . import applyset, dependencies, health, healthcheck, inventory, status
+from . import applyset, dependencies, health, healthcheck, inventory, postbuild, status
 from .api import (
     Condition,
     InventoryEntry,
@@ -43,6 +43,7 @@ from .constants import (
     ANNOTATION_CLAIM,
     ANNOTATION_FORCE,
     ANNOTATION_RECONCILE,
+    ANNOTATION_SUBSTITUTE,
     CLAIM_FIELD_MANAGER,
     DISABLED,
     ENABLED,
@@ -86,7 +87,7 @@ from .kube import (
 from .metrics import ReconcileResult
 from .ownership import Decision, Verdict, claim_value, decide
 from .prune import Pruner, PruneResult, find_owned
-from .render import Manifest, assign_namespaces, render
+from .render import Manifest, assign_namespaces, render, substitute
 from .reports import Phase, SyncReport
 from .source import Checkout, GitCredentials
 
@@ -280,15 +281,6 @@ def _fail(run: Run, error: SyncError) -> None:
     run.report(Phase.FAILED, error.reason, error.message)
 
 
-def _check_supported(sync: Sync) -> None:
-    unsupported = [name for name, used in (("postBuild", bool(sync.spec.post_build)),) if used]
-    if unsupported:
-        raise InvalidSpec(
-            f"spec.{', spec.'.join(unsupported)}: not implemented yet in this gitferry version; "
-            "remove the field(s) so that the sync is not silently treated differently"
-        )
-
-
 def _credentials(ctx: Context, sync: Sync, deadline: Deadline) -> GitCredentials | None:
     if not sync.spec.secret_ref:
         return None
@@ -343,7 +335,6 @@ def _pipeline(run: Run, sync: Sync) -> Outcome:
     deadline = Deadline.after(timeout)
     ctx = run.ctx
     with in_stage(Stage.SPEC):
-        _check_supported(sync)
         exprs = _health_exprs(sync)
     spec_changed = sync.generation != run.status.observed_generation
     # A user asked for a reconcile now (gitferry.dev/requested-at, `flux reconcile`).
@@ -542,9 +533,26 @@ def _fetch(run: Run, sync: Sync, fresh: bool, deadline: Deadline) -> Checkout:
 
 
 def _render(run: Run, sync: Sync, checkout: Checkout, deadline: Deadline) -> list[Manifest]:
-    slot = run.ctx.render_slot(deadline)
+    ctx = run.ctx
+    variables = None
+    if sync.spec.post_build is not None:  # read before taking a render slot: cluster I/O
+        client = ctx.client_for(sync)  # a tenant reads only what it may read
+        variables = postbuild.variables(client, sync.key.namespace, sync.spec.post_build, deadline)
+    slot = ctx.render_slot(deadline)
     try:
-        manifests = render(checkout.path, sync.spec.path, run.ctx.settings.limits, deadline)
+        manifests = render(checkout.path, sync.spec.path, ctx.settings.limits, deadline)
+        if variables is not None:
+            # Before namespaces are assigned: a name, namespace or kind may be a ${var}.
+            manifests = substitute(
+                manifests,
+                variables,
+                strict=ctx.settings.strict_substitutions,
+                max_bytes=ctx.settings.limits.max_total_bytes,
+                disabled_annotation=ANNOTATION_SUBSTITUTE,
+                disabled_value=DISABLED,
+                always=False,
+                deadline=deadline,
+            )
     finally:
         slot.release()
     if any(run.ctx.discovery.is_namespaced(m.group, m.kind) is None for m in manifests):

@@ -96,9 +96,6 @@ class Settings:
     # Multi-tenant clusters: spec.dependsOn may not name a sync of another
     # namespace (Flux's --no-cross-namespace-refs).
     no_cross_namespace_refs: bool = False
-    # postBuild: a ${var} with no value and no default is an error (off: it
-    # becomes "", Flux's default).
-    strict_substitution: bool = True
     # Seconds between two health checks of a waiting sync (Flux polls every 2 s).
     health_poll_interval: float = 2.0
     # Seconds between two looks at a dependency that is not ready (Flux's
@@ -107,6 +104,10 @@ class Settings:
     # Where /metrics and /readyz listen (GITFERRY_METRICS_ADDR, 0.0.0.0:8081 in the
     # operator); None: nowhere, as for a Runtime that a test or the benchmark drives.
     metrics_addr: tuple[str, int] | None = None
+    # spec.postBuild: a ${var} with no value and no default fails the reconcile
+    # (Flux's StrictPostBuildSubstitutions, on by default since
+    # kustomize-controller v1.9); off, it becomes "".
+    strict_substitutions: bool = True
     # Test hook: exit hard between apply and prune (proves the inventory is crash-safe).
     crash_before_prune: bool = False
 
@@ -138,8 +139,8 @@ class Settings:
             max_fetches_per_host=_int("GITFERRY_MAX_FETCHES_PER_HOST", 2),
             git_failure_ttl=_float("GITFERRY_GIT_FAILURE_TTL", 30.0, 0.0),
             no_cross_namespace_refs=_bool("GITFERRY_NO_CROSS_NAMESPACE_REFS", False),
-            strict_substitution=_bool("GITFERRY_STRICT_SUBSTITUTION", True),
             health_poll_interval=_float("GITFERRY_HEALTH_POLL_INTERVAL", 2.0, 0.1),
             dependency_requeue=_float("GITFERRY_DEPENDENCY_REQUEUE", 30.0, 1.0),
             metrics_addr=_addr("GITFERRY_METRICS_ADDR", "0.0.0.0:8081"),
+            strict_substitutions=_bool("GITFERRY_STRICT_SUBSTITUTIONS", True),
         )

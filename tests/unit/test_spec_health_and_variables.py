@@ -68,7 +68,7 @@ def test_depends_on_defaults_to_the_syncs_namespace() -> None:
 
 def test_post_build_is_typed() -> None:
     s = spec(postBuild={
-        "substitute": {"cluster": "prod", "replicas": 3},
+        "substitute": {"cluster": "prod", "replicas": "3"},
         "substituteFrom": [{"kind": "ConfigMap", "name": "vars"},
                            {"kind": "Secret", "name": "creds", "optional": True}],
     })  # fmt: skip

@@ -14,7 +14,8 @@ A library: it knows nothing of GitRepositorySync and raises plain errors
 (`RenderError`, `PathError`, `DeadlineExceeded`). Its seams, a module each:
 `files` (checked paths, bounded reads), `loader` (the bounded YAML/JSON
 loader), `objects` (object checks), `walker` (the ignore- and symlink-aware
-walk), `kustomize` (the kustomize sandbox).
+walk), `kustomize` (the kustomize sandbox), `substitute` (postBuild's
+`${var}` substitution on rendered objects; it raises `SubstitutionError`).
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..deadline import Deadline
-from .errors import PathError, RenderError
+from .errors import PathError, RenderError, SubstitutionError
 from .files import kustomization_file, target_dir
 from .limits import Limits
 from .objects import Manifest, assign_namespaces, check_duplicates
+from .substitute import check_variable_names, substitute
 from .walker import Renderer
 
 __all__ = [
@@ -33,9 +35,12 @@ __all__ = [
     "Manifest",
     "PathError",
     "RenderError",
+    "SubstitutionError",
     "assign_namespaces",
     "check_duplicates",
+    "check_variable_names",
     "render",
+    "substitute",
 ]
 
 

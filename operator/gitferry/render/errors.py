@@ -21,3 +21,24 @@ class RenderError(Exception):
 
 class PathError(RenderError):
     """The directory to render is missing or not a directory."""
+
+
+class SubstitutionError(RenderError):
+    """postBuild variable substitution failed (`substitute`). The message names
+    the file, the object (`Kind/namespace/name`), the field and the variable;
+    never a value, which may come from a Secret. `source` and `obj` are None
+    when no one object is at fault (an invalid variable name); `variable` is
+    the variable at fault, if one is."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        source: str | None = None,
+        obj: str | None = None,
+        variable: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.source = source
+        self.obj = obj
+        self.variable = variable

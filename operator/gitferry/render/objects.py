@@ -7,7 +7,7 @@ import base64
 import math
 import struct
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .errors import RenderError
@@ -31,10 +31,15 @@ SERVER_METADATA = (
 
 @dataclass(frozen=True)
 class Manifest:
-    """One object from git and the file it came from (relative to the checkout)."""
+    """One object from git and the file it came from (relative to the checkout).
+
+    `string_data` names the keys of a v1 Secret's `data` that render folded from
+    `stringData` (base64 of the text git holds): Flux substitutes postBuild
+    variables before that fold, so `substitute` reads those keys as text."""
 
     obj: dict[str, Any]
     source: str
+    string_data: tuple[str, ...] = ()
 
     @property
     def api_version(self) -> str:
@@ -82,7 +87,7 @@ def plain_copy(value: Any, depth: int, max_depth: int) -> Any:
     if isinstance(value, dict | list) and depth >= max_depth:
         raise ContentError(f"nested deeper than {max_depth} levels")
     if isinstance(value, dict):
-        return {_key(k): plain_copy(v, depth + 1, max_depth) for k, v in value.items()}
+        return {key_text(k): plain_copy(v, depth + 1, max_depth) for k, v in value.items()}
     if isinstance(value, list):
         return [plain_copy(v, depth + 1, max_depth) for v in value]
     if value is None or isinstance(value, str | bool | int):
@@ -97,7 +102,7 @@ def plain_copy(value: Any, depth: int, max_depth: int) -> Any:
 _INT64 = 1 << 63
 
 
-def _key(k: Any) -> str:
+def key_text(k: Any) -> str:
     """A mapping key as text, as sigs.k8s.io/yaml's YAML-to-JSON conversion writes
     it: booleans as true/false, integers in decimal, floats with float32
     precision in Go's %g; null and integers beyond int64 are refused there."""
@@ -258,8 +263,9 @@ def _check_string_map(meta: dict[str, Any], field: str, label: str) -> None:
             )
 
 
-def clean(obj: dict[str, Any]) -> None:
-    """Drop what the server owns; fold a Secret's stringData into data."""
+def clean(obj: dict[str, Any]) -> tuple[str, ...]:
+    """Drop what the server owns; fold a Secret's stringData into data. Returns
+    the keys folded (`Manifest.string_data`)."""
     obj.pop("status", None)
     meta = obj["metadata"]
     for key in SERVER_METADATA:
@@ -267,7 +273,7 @@ def clean(obj: dict[str, Any]) -> None:
     if obj["kind"] == "Secret" and obj["apiVersion"] == "v1" and "stringData" in obj:
         string_data = obj.pop("stringData")
         if string_data is None:
-            return
+            return ()
         label = f"Secret {meta['name']}"
         if not isinstance(string_data, dict):
             raise ContentError(f"{label}: stringData must be a mapping of strings")
@@ -281,6 +287,8 @@ def clean(obj: dict[str, Any]) -> None:
                 raise ContentError(f"{label}: stringData.{key} must be a string (quote it)")
             merged[key] = base64.b64encode(value.encode("utf-8")).decode("ascii")
         obj["data"] = merged  # stringData wins, as on the API server
+        return tuple(string_data)
+    return ()
 
 
 def assign_namespaces(
@@ -311,7 +319,7 @@ def assign_namespaces(
             meta.pop("namespace", None)
         elif not meta.get("namespace"):
             meta["namespace"] = default_namespace
-        out.append(Manifest({**m.obj, "metadata": meta}, m.source))
+        out.append(replace(m, obj={**m.obj, "metadata": meta}))
     check_duplicates(out)
     return out
 

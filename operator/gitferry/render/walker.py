@@ -189,10 +189,10 @@ class Renderer:
             for obj, obj_where in expand_lists(data, where):
                 try:
                     check_object(obj)
-                    clean(obj)
+                    folded = clean(obj)
                 except ContentError as e:
                     raise RenderError(f"{source}: {obj_where}: {e}") from None
-                self.manifests.append(Manifest(obj, source))
+                self.manifests.append(Manifest(obj, source, folded))
                 if len(self.manifests) > self.limits.max_objects:
                     raise RenderError(
                         f"{source}: more than {self.limits.max_objects} objects, "
