@@ -183,7 +183,7 @@ for _ in $(seq 1 300); do
 done
 
 # --- 5. the sync ----------------------------------------------------------------
-say "applying examples/sync.yaml (url: $repo_url) and waiting for Ready"
+say "applying examples/sync.yaml (url: $repo_url) and waiting for Ready (it waits for its Pods: wait: true)"
 sed "s|REPO_URL|$repo_url|" examples/sync.yaml | k apply -f - >/dev/null
 if ! k wait --for=condition=Ready -n default grs/demo --timeout=120s >/dev/null; then
   echo "grs/demo did not become Ready within 120s. Its status and the operator's log:" >&2
