@@ -309,7 +309,8 @@ def _fetch(run: Run, sync: Sync, spec_changed: bool, deadline: Deadline) -> Chec
         sync.requested_at is not None and sync.requested_at != previous.last_handled_reconcile_at
     )
     failing = run.status.ready != "True"
-    max_age = 0.0 if spec_changed or asked or failing else sync.spec.interval
+    poked = run.ctx.poked(sync.key)  # a push webhook named it (receiver.py)
+    max_age = 0.0 if spec_changed or asked or failing or poked else sync.spec.interval
     creds = _credentials(run.ctx, sync, deadline)
     fresh = spec_changed or asked  # a person is waiting: ask git, whatever others just heard
     checkout = run.ctx.source.fetch(
@@ -318,11 +319,12 @@ def _fetch(run: Run, sync: Sync, spec_changed: bool, deadline: Deadline) -> Chec
         creds,
         deadline,
         max_age=max_age,
-        # A sync that waited for a busy repository shares the answer the other
-        # fetch got meanwhile instead of asking again.
-        shared_since=None if fresh else run.ctx.waiting_since(sync.key),
+        # A sync that waited for a busy repository, or was named by a push, shares
+        # an answer the remote gave since instead of asking again.
+        shared_since=None if fresh else poked or run.ctx.waiting_since(sync.key),
         reuse_failure=not fresh,
     )
+    run.ctx.unpoke(sync.key, poked)
     log.info(
         "sync=%s revision=%s action=fetch duration_ms=%d", sync.key, checkout.revision, run.ms()
     )
@@ -336,6 +338,7 @@ def _render(run: Run, sync: Sync, checkout: Checkout, deadline: Deadline) -> lis
         manifests = render(checkout.path, sync.spec.path, run.ctx.settings.limits, deadline)
     finally:
         slot.release()
+    run.ctx.remember_sources(sync.key, (m.source for m in manifests))  # for push webhooks
     if any(run.ctx.discovery.is_namespaced(m.group, m.kind) is None for m in manifests):
         run.ctx.discovery.refresh(deadline)  # a CRD installed since the last look
     default_ns = sync.spec.target_namespace or sync.key.namespace
