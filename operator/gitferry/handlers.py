@@ -46,13 +46,16 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.client_timeout = 330
     _runtime = Runtime.start()
     _background.add(asyncio.create_task(_runtime.watch_uninstall()))
+    await _runtime.serve_webhooks()
 
 
 @kopf.on.cleanup()
 async def cleanup(**_: Any) -> None:
     for task in _background:
         task.cancel()
-    if _runtime is not None:  # in a thread: the event loop (liveness) keeps answering
+    if _runtime is not None:
+        await _runtime.stop_webhooks()  # no push asks for a reconcile after this
+        # In a thread: the event loop (liveness) keeps answering.
         await asyncio.get_running_loop().run_in_executor(None, _runtime.close)
 
 

@@ -15,6 +15,7 @@ from .context import Context
 from .events import EventRecorder
 from .finalizer import finalize
 from .kube import Discovery, Kube, load_configuration
+from .receiver import Receiver
 from .reconcile import reconcile
 from .scheduler import Scheduler
 from .settings import Settings
@@ -29,6 +30,7 @@ log = logging.getLogger("gitferry.runtime")
 class Runtime:
     context: Context
     scheduler: Scheduler[SyncKey]
+    receiver: Receiver | None = None  # push webhooks, when a Secret is configured
     _finalizing: threading.Condition = field(default_factory=threading.Condition)
     _running_finalizers: int = 0
 
@@ -63,12 +65,24 @@ class Runtime:
         scheduler: Scheduler[SyncKey] = Scheduler(
             functools.partial(reconcile, ctx), settings.max_concurrent_reconciles
         )
+        receiver = Receiver(ctx, scheduler, settings) if settings.webhook_secret else None
         log.info(
-            "action=start cache_dir=%s allow_file_urls=%s",
+            "action=start cache_dir=%s allow_file_urls=%s webhooks=%s",
             settings.cache_dir,
             settings.allow_file_urls,
+            "on" if receiver else "off",
         )
-        return cls(ctx, scheduler)
+        return cls(ctx, scheduler, receiver)
+
+    async def serve_webhooks(self) -> None:
+        """Start the push webhook receiver (receiver.py), when there is one."""
+        if self.receiver is not None:
+            await self.receiver.start()
+
+    async def stop_webhooks(self) -> None:
+        """Stop taking pushes: the first step of a graceful stop."""
+        if self.receiver is not None:
+            await self.receiver.stop()
 
     async def watch_uninstall(self, every: float = 5.0) -> None:
         """Poll the CRD; once it is being deleted, orphan every sync (uninstall.py)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,33 @@ def _int(name: str, default: int, minimum: int = 1) -> int:
     return number
 
 
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+
+
+def _secret_ref(name: str) -> tuple[str, str] | None:
+    """`<namespace>/<name>` of a Secret, or None when unset."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    namespace, sep, secret = value.partition("/")
+    if not sep or not _DNS_LABEL.match(namespace) or not _DNS_SUBDOMAIN.match(secret):
+        raise SettingsError(f"{name}={value!r}: not <namespace>/<name> of a Secret")
+    return namespace, secret
+
+
+def _address(name: str, default: tuple[str, int]) -> tuple[str, int]:
+    """`host:port` (`[::]:port` for IPv6) to listen on."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    host, sep, port = value.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise SettingsError(f"{name}={value!r}: not host:port (0.0.0.0:9292, [::]:9292)")
+    return host, int(port)
+
+
 @dataclass(frozen=True)
 class Settings:
     cache_dir: Path
@@ -83,6 +111,11 @@ class Settings:
     git_failure_ttl: float = 30.0
     # Test hook: exit hard between apply and prune (proves the inventory is crash-safe).
     crash_before_prune: bool = False
+    # Push webhooks (receiver.py): the Secret (namespace, name) holding the forges'
+    # secrets — no receiver without it —, where it listens, the largest body it reads.
+    webhook_secret: tuple[str, str] | None = None
+    webhook_addr: tuple[str, int] = ("0.0.0.0", 9292)
+    webhook_max_body_bytes: int = 1 * MiB
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -111,4 +144,7 @@ class Settings:
             max_concurrent_fetches=_int("GITFERRY_MAX_CONCURRENT_FETCHES", 4),
             max_fetches_per_host=_int("GITFERRY_MAX_FETCHES_PER_HOST", 2),
             git_failure_ttl=_float("GITFERRY_GIT_FAILURE_TTL", 30.0, 0.0),
+            webhook_secret=_secret_ref("GITFERRY_WEBHOOK_SECRET"),
+            webhook_addr=_address("GITFERRY_WEBHOOK_ADDR", ("0.0.0.0", 9292)),
+            webhook_max_body_bytes=_int("GITFERRY_WEBHOOK_MAX_BODY_BYTES", 1 * MiB, 1024),
         )

@@ -1,14 +1,28 @@
 """Push webhooks without a cluster: each forge's signature is checked as it signs,
 its payload read as its documentation shapes it, a repository recognised however
-its URL is written, and a directory known to be touched or not."""
+its URL is written, and a push matched to the syncs whose repository, ref and
+paths it moved. The receiver itself runs here too, over HTTP on loopback, against
+the in-memory API: it refuses what is unsigned, badly signed or too large, and
+its log never holds the secret."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
-from typing import Any
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
+from gitferry.api import Sync, SyncKey, parse_sync
+from gitferry.context import Context
+from gitferry.receiver import Match, Receiver, decide, match, ref_matches
+from gitferry.scheduler import Scheduler
+from gitferry.settings import Settings, SettingsError
+from gitferry.source import GitRef
 from gitferry.webhook import (
     FORGES,
     Kind,
@@ -24,6 +38,7 @@ from gitferry.webhook import (
 )
 from tests.harness import forges
 from tests.harness.forges import Commit, Hook
+from tests.unit.fakeapi import FakeKube, manifest
 
 SECRET = "s3cr3t-webhook-value"
 URL = "https://git.example.com/org/deploy.git"
@@ -442,3 +457,299 @@ def test_every_form_a_forge_gives_is_one_repository() -> None:
 )
 def test_path_matching(directory: str, changed: list[str] | None, touched: bool) -> None:
     assert touches(None if changed is None else frozenset(changed), directory) is touched
+
+
+# --- refs and matching -------------------------------------------------------------
+
+
+def push(ref: str = MAIN, default: str | None = "main", paths: list[str] | None = None) -> Push:
+    changed = frozenset(paths) if paths is not None else None
+    return Push(frozenset({URL}), ref, changed, SHA, default)
+
+
+@pytest.mark.parametrize(
+    ("ref", "pushed", "default", "matches"),
+    [
+        (GitRef(branch="main"), MAIN, "main", True),
+        (GitRef(branch="main"), "refs/heads/staging", "main", False),
+        (GitRef(branch="main"), "refs/tags/main", "main", False),
+        (GitRef(branch="feature/x"), "refs/heads/feature/x", "main", True),
+        (GitRef(), MAIN, "main", True),  # no ref: the default branch
+        (GitRef(), "refs/heads/staging", "main", False),
+        (GitRef(), "refs/heads/staging", None, True),  # the default unknown: any branch
+        (GitRef(), "refs/tags/v1", None, False),
+        (GitRef(tag="v1"), "refs/tags/v1", "main", True),
+        (GitRef(tag="v1"), "refs/tags/v1.1", "main", False),
+        (GitRef(tag="v1"), "refs/heads/v1", "main", False),
+        (GitRef(semver=">=1.0.0"), "refs/tags/v1.2.0", "main", True),
+        (GitRef(semver=">=1.0.0"), "refs/tags/anything", "main", True),  # git is asked
+        (GitRef(semver=">=1.0.0"), MAIN, "main", False),
+        (GitRef(commit=SHA), MAIN, "main", False),  # a pin never moves
+        (GitRef(branch="main", commit=SHA), MAIN, "main", False),
+    ],
+)
+def test_ref_matching(ref: GitRef, pushed: str, default: str | None, matches: bool) -> None:
+    assert ref_matches(ref, push(pushed, default)) is matches
+
+
+def sync(name: str, url: str = URL, path: str = ".", **spec: Any) -> Sync:
+    body = manifest("gitferry.dev/v1alpha1", "GitRepositorySync", name, "apps")
+    body["spec"] = {"url": url, "path": path, **spec}
+    return parse_sync(body)
+
+
+def test_a_sync_matches_whichever_url_form_it_uses() -> None:
+    p = one(hooks()["github"])
+    for url in (URL, "git@git.example.com:org/deploy.git", "https://git.example.com/org/deploy/"):
+        assert decide(sync("a", url, ref={"branch": "main"}), p, True) is Match.YES, url
+    assert decide(sync("b", "https://git.example.com/org/other.git"), p, True) is Match.NO
+
+
+def test_matching_by_path_skips_untouched_syncs_only_when_their_render_stayed_inside() -> None:
+    p = push(paths=["deploy/app.yaml"])
+    assert decide(sync("d", path="deploy"), p, confined=True) is Match.YES
+    assert decide(sync("docs", path="docs"), p, confined=True) is Match.UNTOUCHED
+    # A kustomization may read ../base; no render since the start says nothing.
+    assert decide(sync("docs", path="docs"), p, confined=False) is Match.YES
+    # The checkout's ignore file changes what every plain render reads.
+    ignore = push(paths=[".gitferryignore"])
+    assert decide(sync("docs", path="docs"), ignore, confined=True) is Match.YES
+    assert decide(sync("docs", path="docs", suspend=True), p, confined=False) is Match.NO
+
+
+def test_match_sorts_syncs_and_takes_any_of_several_pushes() -> None:
+    syncs = [
+        sync("web", path="deploy", ref={"branch": "main"}),
+        sync("docs", path="docs", ref={"branch": "main"}),
+        sync("staging", path="deploy", ref={"branch": "staging"}),
+        sync("other", url="https://git.example.com/org/other.git"),
+        sync("release", ref={"tag": "v2"}),
+    ]
+    pushes = [push(paths=["deploy/a.yaml"]), push("refs/tags/v2", paths=None)]
+    matched, untouched = match(pushes, syncs, lambda key: True)
+    assert [k.name for k in matched] == ["web", "release"]
+    assert [k.name for k in untouched] == ["docs"]
+
+
+# --- settings ----------------------------------------------------------------------------
+
+
+def test_webhook_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("GITFERRY_WEBHOOK_SECRET", "GITFERRY_WEBHOOK_ADDR"):
+        monkeypatch.delenv(name, raising=False)
+    s = Settings.from_env()
+    assert (s.webhook_secret, s.webhook_addr, s.webhook_max_body_bytes) == (
+        None,
+        ("0.0.0.0", 9292),
+        1 << 20,
+    )
+    monkeypatch.setenv("GITFERRY_WEBHOOK_SECRET", "gitferry-system/gitferry-webhook")
+    monkeypatch.setenv("GITFERRY_WEBHOOK_ADDR", "[::]:8443")
+    s = Settings.from_env()
+    assert s.webhook_secret == ("gitferry-system", "gitferry-webhook")
+    assert s.webhook_addr == ("::", 8443)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("GITFERRY_WEBHOOK_SECRET", "gitferry-webhook"),
+        ("GITFERRY_WEBHOOK_SECRET", "Bad_NS/x"),
+        ("GITFERRY_WEBHOOK_SECRET", "ns/"),
+        ("GITFERRY_WEBHOOK_ADDR", "9292"),
+        ("GITFERRY_WEBHOOK_ADDR", "0.0.0.0:http"),
+        ("GITFERRY_WEBHOOK_ADDR", "0.0.0.0:70000"),
+        ("GITFERRY_WEBHOOK_MAX_BODY_BYTES", "10"),
+    ],
+)
+def test_bad_webhook_settings_name_the_variable(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError, match=name):
+        Settings.from_env()
+
+
+# --- the receiver over HTTP, on the in-memory API ------------------------------------------
+
+NS = "apps"
+WEBHOOK_SECRET = ("gitferry-system", "gitferry-webhook")
+
+
+class Requests:
+    """Stands in for the scheduler: which syncs run here, what was asked."""
+
+    def __init__(self, watched: set[SyncKey]) -> None:
+        self._watched = watched
+        self.asked: list[tuple[SyncKey, str]] = []
+
+    def watched(self) -> frozenset[SyncKey]:
+        return frozenset(self._watched)
+
+    def request(self, key: SyncKey, why: str) -> None:
+        self.asked.append((key, why))
+
+
+def fake_cluster(secret_data: dict[str, str] | None) -> FakeKube:
+    fake = FakeKube(namespaces=("default", NS, WEBHOOK_SECRET[0]))
+    if secret_data is not None:
+        secret = manifest("v1", "Secret", WEBHOOK_SECRET[1], WEBHOOK_SECRET[0])
+        secret["data"] = {k: base64.b64encode(v.encode()).decode() for k, v in secret_data.items()}
+        fake.seed(secret)
+    for name, path, ref in [("web", "deploy", "main"), ("docs", "docs", "main"),
+                            ("staging", "deploy", "staging")]:  # fmt: skip
+        body = manifest("gitferry.dev/v1alpha1", "GitRepositorySync", name, NS)
+        body["spec"] = {"url": URL, "path": path, "ref": {"branch": ref}}
+        fake.seed(body)
+    return fake
+
+
+Exchange = Callable[[Hook], tuple[int, dict[str, Any]]]
+
+
+def serve(
+    fake: FakeKube,
+    steps: Callable[[Exchange, Context, Requests], None],
+    max_body: int = 1 << 20,
+) -> None:
+    """Run the receiver on a loopback port, then `steps` with a function that POSTs
+    one hook to it and returns the status and JSON answer."""
+    ctx = Context(
+        kube=fake.kube,
+        discovery=None,  # type: ignore[arg-type]
+        source=None,  # type: ignore[arg-type]
+        settings=Settings(cache_dir=Path("/nonexistent")),
+        status=None,  # type: ignore[arg-type]
+        events=None,  # type: ignore[arg-type]
+    )
+    requests = Requests({SyncKey(NS, n) for n in ("web", "docs", "staging")})
+    settings = Settings(
+        cache_dir=Path("/nonexistent"),
+        webhook_secret=WEBHOOK_SECRET,
+        webhook_addr=("127.0.0.1", 0),
+        webhook_max_body_bytes=max_body,
+    )
+
+    async def main() -> None:
+        receiver = Receiver(ctx, cast(Scheduler[SyncKey], requests), settings)
+        await receiver.start()
+        loop = asyncio.get_running_loop()
+        base = f"http://127.0.0.1:{receiver.port}"
+        try:
+            # The test's blocking client runs in a thread; the receiver in this loop.
+            await loop.run_in_executor(
+                None, steps, lambda hook: forges.post(base, hook), ctx, requests
+            )
+        finally:
+            await receiver.stop()
+
+    asyncio.run(main())
+
+
+def test_a_signed_push_pokes_the_matching_syncs_only(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+
+    def steps(post: Exchange, ctx: Context, requests: Requests) -> None:
+        # Until a sync rendered here, its render may have read beyond its path.
+        assert post(hooks()["github"])[1]["matched"] == 2
+        requests.asked.clear()
+        for key in requests.watched():
+            ctx.unpoke(key, ctx.poked(key))
+            ctx.remember_sources(key, [f"{key.name}/cm.yaml"])
+        assert post(hooks()["github"]) == (202, {"event": "push", "kind": "push", "matched": 1})
+        assert requests.asked == [(SyncKey(NS, "web"), "webhook")]
+        assert ctx.poked(SyncKey(NS, "web")) is not None
+        assert ctx.poked(SyncKey(NS, "docs")) is None
+
+    serve(fake_cluster({"token": SECRET}), steps)
+    line = [r.getMessage() for r in caplog.records if "action=webhook " in r.getMessage()][-1]
+    assert "status=202" in line and "matched=1" in line and "untouched=1" in line
+    assert f"ref={MAIN}" in line and "repo=git.example.com/org/deploy" in line
+    assert SECRET not in caplog.text
+
+
+def test_refusals(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    good = hooks()["github"]
+
+    def steps(post: Exchange, ctx: Context, requests: Requests) -> None:
+        unsigned = good.with_headers(X_Hub_Signature_256=None)
+        assert post(unsigned)[0] == 401
+        assert post(good.with_headers(X_Hub_Signature_256="sha256=" + "0" * 64))[0] == 403
+        assert post(good.with_body(good.body + b" "))[0] == 403  # a replay onto another body
+        assert post(hooks("wrong")["gitlab"])[0] == 403
+        assert post(forges.Hook("sourcehut", good.headers, good.body))[0] == 404
+        garbage = forges.generic_push(URL, "main", secret=SECRET)
+        status, answer = post(garbage)
+        assert status == 400 and "full ref name" in answer["detail"]
+        too_big = good.with_body(b"x" * (64 * 1024 + 1))
+        assert post(too_big)[0] == 413
+        assert post(forges.github_ping(secret=SECRET)) == (200, {"event": "ping", "kind": "ping"})
+        assert post(good.with_headers(X_GitHub_Event="issues"))[0] == 200
+        assert requests.asked == []  # nothing refused asked for a reconcile
+        assert ctx.poked(SyncKey(NS, "web")) is None
+
+    serve(fake_cluster({"github": SECRET, "gitlab": SECRET, "generic": SECRET}), steps, 64 * 1024)
+    assert SECRET not in caplog.text
+    statuses = [r.getMessage() for r in caplog.records if "action=webhook " in r.getMessage()]
+    assert len(statuses) == 9  # one line per request
+
+
+def test_the_secret_is_read_from_its_secret_by_forge_and_a_missing_one_refuses() -> None:
+    def only_github(post: Exchange, ctx: Context, requests: Requests) -> None:
+        assert post(hooks()["github"])[0] == 202
+        assert post(hooks()["gitlab"])[0] == 404  # no key for it, and no `token`
+
+    serve(fake_cluster({"github": SECRET + "\n"}), only_github)  # whitespace trimmed
+
+    def missing(post: Exchange, ctx: Context, requests: Requests) -> None:
+        assert post(hooks()["github"])[0] == 404
+
+    serve(fake_cluster(None), missing)
+
+    def forbidden(post: Exchange, ctx: Context, requests: Requests) -> None:
+        assert post(hooks()["github"])[0] == 503
+
+    fake = fake_cluster({"token": SECRET})
+    fake.fail("GET", "/api/v1/namespaces/gitferry-system/secrets", 403, "forbidden", times=None)
+    serve(fake, forbidden)
+
+
+def test_a_push_is_refused_when_the_syncs_cannot_be_listed() -> None:
+    def steps(post: Exchange, ctx: Context, requests: Requests) -> None:
+        assert post(hooks()["github"])[0] == 503
+        assert requests.asked == []
+
+    fake = fake_cluster({"token": SECRET})
+    fake.fail("GET", "/apis/gitferry.dev", 500, "etcd is down", times=None)
+    serve(fake, steps)
+
+
+# --- the poke, as the fetch stage reads it -----------------------------------------------
+
+
+def test_a_poke_lasts_until_a_fetch_heard_the_remote_after_it(tmp_path: Path) -> None:
+    ctx = Context(
+        kube=None,  # type: ignore[arg-type]
+        discovery=None,  # type: ignore[arg-type]
+        source=None,  # type: ignore[arg-type]
+        settings=Settings(cache_dir=tmp_path),
+        status=None,  # type: ignore[arg-type]
+        events=None,  # type: ignore[arg-type]
+    )
+    key = SyncKey(NS, "web")
+    assert ctx.poked(key) is None
+    ctx.poke(key)
+    first = ctx.poked(key)
+    assert first is not None
+    ctx.poke(key)  # a second push while the first reconcile fetched
+    ctx.unpoke(key, first)
+    assert ctx.poked(key) not in (None, first)  # the newer poke stays
+    ctx.unpoke(key, ctx.poked(key))
+    assert ctx.poked(key) is None
+    ctx.remember_sources(key, ["deploy/a.yaml"])
+    assert ctx.confined(key)
+    ctx.remember_sources(key, ["deploy/kustomization.yaml"])
+    assert not ctx.confined(key)
+    ctx.forget(key)
+    assert not ctx.confined(key)
