@@ -46,7 +46,10 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.client_timeout = 330
     _runtime = Runtime.start()
     _background.add(asyncio.create_task(_runtime.watch_uninstall()))
-    await _runtime.serve_webhooks()
+    try:
+        await _runtime.serve_webhooks()
+    except OSError as e:  # the address is taken or not this host's: a setting to fix
+        raise kopf.PermanentError(f"GITFERRY_WEBHOOK_ADDR: cannot listen: {e}") from None
 
 
 @kopf.on.cleanup()
