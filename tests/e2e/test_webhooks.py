@@ -142,9 +142,12 @@ def test_signed_pushes_apply_only_the_syncs_they_changed(
         hook = forges.github_push(
             url, MAIN, second, [Commit(id=second, modified=files)], secret=github_secret
         )
+        http_git_server.log.clear()
         assert forges.post(base, hook) == (202, {"event": "push", "kind": "push", "matched": 2})
         wait_applied("web", second)
         wait_applied("root", second)
+        # Both asked git afresh, and one answer served both: one ref listing, one fetch.
+        assert (http_git_server.log.count("ls-refs"), http_git_server.log.count("fetch")) == (1, 1)
         assert cluster.get("configmap", "web", namespace)["data"]["v"] == "2"  # type: ignore[index]
         time.sleep(3)  # time enough for a wrong match to show
         assert applied("docs").endswith(first), "docs: the push touched none of its path"
