@@ -6,7 +6,9 @@ from __future__ import annotations
 import threading
 import time
 import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from typing import Any
 
 from .api import InventoryEntry, Sync, SyncKey, SyncStatus, sync_path
@@ -15,6 +17,7 @@ from .errors import ShuttingDown
 from .events import EventRecorder
 from .kube import ChangeSet, Discovery, Kube, KubeError, ObjRef
 from .metrics import Metrics
+from .render.files import KUSTOMIZATION_FILES
 from .reports import Reporter, SyncReport, publish
 from .settings import Settings
 from .source import GitSource
@@ -89,6 +92,11 @@ class Context:
     _render_slots: threading.BoundedSemaphore | None = None
     # Set when the operator begins to stop: no stage starts after it.
     stopping: threading.Event = field(default_factory=threading.Event)
+    # Push webhooks (receiver.py): when (time.monotonic()) a push last named each
+    # sync, until a fetch heard the remote since; and whether each sync's last
+    # render read only files under its spec.path.
+    _poked: dict[SyncKey, float] = field(default_factory=dict)
+    _confined: dict[SyncKey, bool] = field(default_factory=dict)
 
     def render_slot(self, deadline: Deadline) -> threading.BoundedSemaphore:
         """One of max_concurrent_renders, acquired (release it); DeadlineExceeded
@@ -129,6 +137,8 @@ class Context:
             self._dependents.pop(key, None)
             for dependents in self._dependents.values():
                 dependents.discard(key)
+            self._poked.pop(key, None)
+            self._confined.pop(key, None)
         self.metrics.forget_sync(key.namespace, key.name)  # its series go with it
 
     def report(self, report: SyncReport) -> None:
@@ -257,3 +267,35 @@ class Context:
             seen = self._deferred.get(key, frozenset())
             self._deferred[key] = ids
         return [(e, why) for e, why in deferred if e.id not in seen]
+
+    def poke(self, key: SyncKey) -> None:
+        """A push webhook named this sync: its next fetch must hear the remote
+        since now (one answer, got after the push, serves every sync it named)."""
+        with self._lock:
+            self._poked[key] = time.monotonic()
+
+    def poked(self, key: SyncKey) -> float | None:
+        """When a push webhook last named this sync and no fetch has heard the remote
+        since (time.monotonic()), or None."""
+        with self._lock:
+            return self._poked.get(key)
+
+    def unpoke(self, key: SyncKey, at: float | None) -> None:
+        """A fetch heard the remote after the poke of `at`; a newer poke stays."""
+        with self._lock:
+            if at is not None and self._poked.get(key) == at:
+                del self._poked[key]
+
+    def remember_sources(self, key: SyncKey, sources: Iterable[str]) -> None:
+        """The files the sync's objects came from at its last render. A kustomization
+        may read beyond spec.path (`../base`): such a sync is never skipped by a push
+        that touches none of its path."""
+        confined = not any(PurePosixPath(s).name in KUSTOMIZATION_FILES for s in sources)
+        with self._lock:
+            self._confined[key] = confined
+
+    def confined(self, key: SyncKey) -> bool:
+        """Whether the sync's last render here read only files under its spec.path;
+        False when unknown (no render since the operator started)."""
+        with self._lock:
+            return self._confined.get(key, False)

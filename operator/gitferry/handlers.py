@@ -47,13 +47,19 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     _runtime = Runtime.start()
     await _runtime.serve()  # /metrics and /readyz
     _background.add(asyncio.create_task(_runtime.watch_uninstall()))
+    try:
+        await _runtime.serve_webhooks()
+    except OSError as e:  # the address is taken or not this host's: a setting to fix
+        raise kopf.PermanentError(f"GITFERRY_WEBHOOK_ADDR: cannot listen: {e}") from None
 
 
 @kopf.on.cleanup()
 async def cleanup(**_: Any) -> None:
     for task in _background:
         task.cancel()
-    if _runtime is not None:  # in a thread: the event loop (liveness) keeps answering
+    if _runtime is not None:
+        await _runtime.stop_webhooks()  # no push asks for a reconcile after this
+        # In a thread: the event loop (liveness) keeps answering.
         await asyncio.get_running_loop().run_in_executor(None, _runtime.close)
         await _runtime.stop_serving()
 

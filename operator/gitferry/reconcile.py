@@ -343,7 +343,12 @@ def _pipeline(run: Run, sync: Sync) -> Outcome:
     )
     wait = ctx.wait_of(run.key)
     waiting = wait is not None and wait.generation == sync.generation and not asked
-    if wait is not None and waiting and time.monotonic() - wait.fetched_at < sync.spec.interval:
+    if (
+        wait is not None
+        and waiting
+        and time.monotonic() - wait.fetched_at < sync.spec.interval
+        and not ctx.poked(run.key)  # a push webhook: ask git now
+    ):
         return _await_health(run, sync, wait, exprs)  # git was asked less than an interval ago
     with in_stage(Stage.DEPENDENCIES, timeout):
         _dependencies(run, sync, deadline)
@@ -512,7 +517,8 @@ def _fetch(run: Run, sync: Sync, fresh: bool, deadline: Deadline) -> Checkout:
     # spec, a user's request to reconcile now, or a retry after a failure (a commit
     # pushed before a Secret was fixed) asks the remote afresh.
     failing = run.status.ready != "True"
-    max_age = 0.0 if fresh or failing else sync.spec.interval
+    poked = run.ctx.poked(sync.key)  # a push webhook named it (receiver.py)
+    max_age = 0.0 if fresh or failing or poked else sync.spec.interval
     creds = _credentials(run.ctx, sync, deadline)
     checkout = run.ctx.source.fetch(
         sync.spec.url,
@@ -520,11 +526,12 @@ def _fetch(run: Run, sync: Sync, fresh: bool, deadline: Deadline) -> Checkout:
         creds,
         deadline,
         max_age=max_age,
-        # A sync that waited for a busy repository shares the answer the other
-        # fetch got meanwhile instead of asking again.
-        shared_since=None if fresh else run.ctx.waiting_since(sync.key),
+        # A sync that waited for a busy repository, or was named by a push, shares
+        # an answer the remote gave since instead of asking again.
+        shared_since=None if fresh else poked or run.ctx.waiting_since(sync.key),
         reuse_failure=not fresh,
     )
+    run.ctx.unpoke(sync.key, poked)
     log.info(
         "sync=%s revision=%s action=fetch duration_ms=%d", sync.key, checkout.revision, run.ms()
     )
@@ -555,6 +562,7 @@ def _render(run: Run, sync: Sync, checkout: Checkout, deadline: Deadline) -> lis
             )
     finally:
         slot.release()
+    run.ctx.remember_sources(sync.key, (m.source for m in manifests))  # for push webhooks
     if any(run.ctx.discovery.is_namespaced(m.group, m.kind) is None for m in manifests):
         run.ctx.discovery.refresh(deadline)  # a CRD installed since the last look
     default_ns = sync.spec.target_namespace or sync.key.namespace

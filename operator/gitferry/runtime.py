@@ -17,6 +17,7 @@ from .events import EventRecorder
 from .finalizer import finalize
 from .kube import Discovery, Kube, load_configuration
 from .metrics import Metrics, MetricsServer, listen
+from .receiver import Receiver
 from .reconcile import reconcile
 from .scheduler import Scheduler
 from .settings import Settings
@@ -31,6 +32,7 @@ log = logging.getLogger("gitferry.runtime")
 class Runtime:
     context: Context
     scheduler: Scheduler[SyncKey]
+    receiver: Receiver | None = None  # push webhooks, when a Secret is configured
     _finalizing: threading.Condition = field(default_factory=threading.Condition)
     _running_finalizers: int = 0
     # Bound at start, served by serve() once the event loop runs.
@@ -92,13 +94,15 @@ class Runtime:
         if listener is not None:
             host, port = listener.getsockname()[:2]
             address = f"{host}:{port}"
+        receiver = Receiver(ctx, scheduler, settings) if settings.webhook_secret else None
         log.info(
-            "action=start cache_dir=%s allow_file_urls=%s metrics_addr=%s",
+            "action=start cache_dir=%s allow_file_urls=%s metrics_addr=%s webhooks=%s",
             settings.cache_dir,
             settings.allow_file_urls,
             address,
+            "on" if receiver else "off",
         )
-        return cls(ctx, scheduler, _listener=listener)
+        return cls(ctx, scheduler, receiver, _listener=listener)
 
     def not_ready(self) -> str | None:
         """Why the operator is not ready, or None: it is from its start (clients
@@ -117,6 +121,16 @@ class Runtime:
         """After close(): /readyz said 503 while reconciles drained; now the port closes."""
         if self._server is not None:
             await self._server.stop()
+
+    async def serve_webhooks(self) -> None:
+        """Start the push webhook receiver (receiver.py), when there is one."""
+        if self.receiver is not None:
+            await self.receiver.start()
+
+    async def stop_webhooks(self) -> None:
+        """Stop taking pushes: the first step of a graceful stop."""
+        if self.receiver is not None:
+            await self.receiver.stop()
 
     async def watch_uninstall(self, every: float = 5.0) -> None:
         """Poll the CRD; once it is being deleted, orphan every sync (uninstall.py)."""

@@ -1,7 +1,7 @@
 """When reconciles run: one worker per sync, one entry point to ask for one.
 
-Every trigger — the interval, a spec change, the requested-at annotation, and
-later webhooks and drift watches — calls `Scheduler.request`. Requests that
+Every trigger — the interval, a spec change, the requested-at annotation, a
+push webhook (receiver.py), and later drift watches — calls `Scheduler.request`. Requests that
 arrive while a reconcile runs coalesce into one follow-up; reconciles of one
 sync never overlap; different syncs run concurrently on a bounded pool of
 threads. A requested reconcile (a spec change, `requested-at`) goes ahead of
@@ -112,6 +112,10 @@ class Scheduler(Generic[K]):
         if wake is not None:
             self._requested.add(key)
             wake.set()
+
+    def watched(self) -> frozenset[K]:
+        """The keys that have a worker here now (call it from the event loop)."""
+        return frozenset(self._wake)
 
     async def run(self, key: K, stopped: asyncio.Event) -> None:
         """The worker of one sync: runs until `stopped` is set or the scheduler closes."""

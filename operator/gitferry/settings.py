@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +67,21 @@ def _addr(name: str, default: str) -> tuple[str, int] | None:
         raise SettingsError(f"{name}={value!r}: {e}, or off") from None
 
 
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+
+
+def _secret_ref(name: str) -> tuple[str, str] | None:
+    """`<namespace>/<name>` of a Secret, or None when unset."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    namespace, sep, secret = value.partition("/")
+    if not sep or not _DNS_LABEL.match(namespace) or not _DNS_SUBDOMAIN.match(secret):
+        raise SettingsError(f"{name}={value!r}: not <namespace>/<name> of a Secret")
+    return namespace, secret
+
+
 @dataclass(frozen=True)
 class Settings:
     cache_dir: Path
@@ -110,6 +126,11 @@ class Settings:
     strict_substitutions: bool = True
     # Test hook: exit hard between apply and prune (proves the inventory is crash-safe).
     crash_before_prune: bool = False
+    # Push webhooks (receiver.py): the Secret (namespace, name) holding the forges'
+    # secrets — no receiver without it —, where it listens, the largest body it reads.
+    webhook_secret: tuple[str, str] | None = None
+    webhook_addr: tuple[str, int] = ("0.0.0.0", 9292)
+    webhook_max_body_bytes: int = 1 * MiB
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -143,4 +164,7 @@ class Settings:
             dependency_requeue=_float("GITFERRY_DEPENDENCY_REQUEUE", 30.0, 1.0),
             metrics_addr=_addr("GITFERRY_METRICS_ADDR", "0.0.0.0:8081"),
             strict_substitutions=_bool("GITFERRY_STRICT_SUBSTITUTIONS", True),
+            webhook_secret=_secret_ref("GITFERRY_WEBHOOK_SECRET"),
+            webhook_addr=_addr("GITFERRY_WEBHOOK_ADDR", "0.0.0.0:9292") or ("0.0.0.0", 9292),
+            webhook_max_body_bytes=_int("GITFERRY_WEBHOOK_MAX_BODY_BYTES", 1 * MiB, 1024),
         )

@@ -110,6 +110,9 @@ def test_build_holds_every_object(built: list[dict[str, Any]]) -> None:
             ("Role", "gitferry-leader-election"),
             ("RoleBinding", "gitferry-leader-election"),
             ("Deployment", "gitferry"),
+            ("Service", "gitferry-webhook"),
+            ("Role", "gitferry-webhook"),
+            ("RoleBinding", "gitferry-webhook"),
         ]
     )
 
@@ -497,6 +500,7 @@ def test_deployment_writes_only_to_volumes(
     deployment: dict[str, Any], container: dict[str, Any]
 ) -> None:
     env = {e["name"]: e["value"] for e in container["env"]}
+    env.pop("GITFERRY_WEBHOOK_SECRET")  # a Secret's name, not a directory
     assert env == {"GITFERRY_CACHE_DIR": "/var/cache/gitferry", "TMPDIR": "/tmp", "HOME": "/tmp"}
     volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
@@ -510,7 +514,7 @@ def test_deployment_writes_only_to_volumes(
 
 def test_deployment_liveness_probe(container: dict[str, Any]) -> None:
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"health": 8080, "metrics": 8081}
+    assert ports == {"health": 8080, "metrics": 8081, "webhook": 9292}
     probe = container["livenessProbe"]["httpGet"]
     assert probe["path"] == "/healthz"
     assert ports.get(probe["port"], probe["port"]) == 8080
@@ -601,6 +605,33 @@ def test_apply_role_and_bindings(built: list[dict[str, Any]]) -> None:
     leases = _one(built, "Role", "gitferry-leader-election")
     assert _allows(leases, "coordination.k8s.io", "leases", "update")
     assert "multi-tenant" in (MANIFESTS / "rbac.yaml").read_text().lower()
+
+
+def test_push_webhooks_reach_the_receiver_and_read_one_secret(
+    built: list[dict[str, Any]], container: dict[str, Any], deployment: dict[str, Any]
+) -> None:
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["GITFERRY_WEBHOOK_SECRET"] == f"{NAMESPACE}/gitferry-webhook"
+    assert "GITFERRY_WEBHOOK_ADDR" not in env  # the default, 0.0.0.0:9292
+    service = _one(built, "Service", "gitferry-webhook")
+    (port,) = service["spec"]["ports"]
+    assert (port["port"], port["targetPort"]) == (80, "webhook")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    role = _one(built, "Role", "gitferry-webhook")
+    assert role["rules"] == [
+        {
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "resourceNames": ["gitferry-webhook"],
+            "verbs": ["get"],
+        }
+    ]
+    binding = _one(built, "RoleBinding", "gitferry-webhook")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "gitferry", "namespace": NAMESPACE}
+    ]
+    assert binding["roleRef"]["name"] == "gitferry-webhook"
 
 
 # --- the image -----------------------------------------------------------------
