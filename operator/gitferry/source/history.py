@@ -193,7 +193,7 @@ class _MirrorGit(git.Git):
         self.stop()
 
     def stop(self) -> None:
-        for proc in self.processes:
+        for proc in list(self.processes):
             with contextlib.suppress(OSError):
                 proc.kill()
 
