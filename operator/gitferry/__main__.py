@@ -4,7 +4,33 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+from collections.abc import MutableMapping
+
+# Kept from the GIT_* names: git never reads it, and it only says how GitPython
+# reports a missing git when it is imported (raise, warn or stay quiet).
+KEPT_GIT_VARIABLES = frozenset({"GIT_PYTHON_REFRESH"})
+
+
+def clean_environment(environ: MutableMapping[str, str]) -> list[str]:
+    """Remove every GIT_* and SSH_* variable from `environ` (the operator's own
+    environment, before anything starts a git process); returns the names removed.
+
+    The git runner builds each git's environment from scratch, but GitPython's
+    `git cat-file` (and its `git version` at import) copy the operator's: an
+    inherited GIT_DIR, GIT_OBJECT_DIRECTORY, GIT_CONFIG_PARAMETERS, GIT_SSL_NO_VERIFY
+    or SSH_AUTH_SOCK must reach no git. GitPython's own variables go too:
+    GIT_PYTHON_GIT_EXECUTABLE would make it run another git than the runner does,
+    GIT_PYTHON_TRACE would log its commands; only GIT_PYTHON_REFRESH stays."""
+    removed = sorted(
+        name
+        for name in environ
+        if name.startswith(("GIT_", "SSH_")) and name not in KEPT_GIT_VARIABLES
+    )
+    for name in removed:
+        del environ[name]
+    return removed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,6 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     # Kopf and the client libraries are chatty at INFO about every watch event.
     for noisy in ("kopf.objects", "kopf.activities", "kubernetes", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    # Before anything imports GitPython (which runs git at import) or starts git.
+    removed = clean_environment(os.environ)
+    if removed:  # names only: a value may be a credential
+        logging.getLogger("gitferry").info("action=clean-environment removed=%s", ",".join(removed))
 
     from .settings import Settings, SettingsError
 

@@ -20,7 +20,7 @@ from .metrics import Metrics
 from .render.files import KUSTOMIZATION_FILES
 from .reports import Reporter, SyncReport, publish
 from .settings import Settings
-from .source import GitSource
+from .source import GitSource, RevisionInfo
 from .status import StatusWriter
 
 
@@ -38,6 +38,8 @@ class Wait:
     fetched_at: float = 0.0
     # What the apply wrote, for the report once the revision is healthy.
     changes: ChangeSet | None = None
+    # Who changed what in the revision (subject, author, paths), for that report too.
+    info: RevisionInfo | None = None
 
 
 class SyncLock:

@@ -7,13 +7,48 @@ import secrets
 
 from .api import SyncKey, now
 from .constants import API_VERSION, KIND
-from .kube import Kube, KubeError
+from .kube import Action, ChangeSet, Kube, KubeError
 
 log = logging.getLogger("gitferry.events")
 
 NORMAL = "Normal"
 WARNING = "Warning"
 MAX_MESSAGE = 1024  # characters
+MAX_OBJECT_LINES = 20  # objects an Event names; the rest are counted ("and N more")
+
+
+def headline(revision: str, subject: str = "", author: str = "") -> str:
+    """`main@sha1:<hex>: "Scale web to 3" by Ada Lovelace`, each part when known."""
+    text = revision
+    if subject:
+        text += f': "{subject}"'
+    if author:
+        text += f" by {author}"
+    return text
+
+
+def change_message(head: str, changes: ChangeSet, max_lines: int = MAX_OBJECT_LINES) -> str:
+    """What a revision changed, as Flux's kustomize-controller says it: the
+    headline, then a line per object written or deleted (`Deployment/apps/web
+    configured`; unchanged and skipped ones left out) in apply order, deletions
+    last; at most `max_lines`, then `and N more`; the counts close it (`created 1,
+    configured 1, unchanged 40`). Fewer lines are named until the message fits
+    MAX_MESSAGE bytes of UTF-8 (a longer headline is cut last)."""
+    quiet = (Action.UNCHANGED, Action.SKIPPED)
+    lines = [f"{c.ref} {c.action.value}" for c in changes.changes if c.action not in quiet]
+    shown = min(len(lines), max_lines)
+    while True:
+        more = len(lines) - shown
+        text = "\n".join(
+            [head, *lines[:shown], *([f"and {more} more"] if more else []), changes.summary()]
+        )
+        if len(text.encode()) <= MAX_MESSAGE or shown == 0:
+            break
+        shown -= 1
+    data = text.encode()
+    if len(data) <= MAX_MESSAGE:
+        return text
+    return data[: MAX_MESSAGE - len("…".encode())].decode(errors="ignore") + "…"
 
 
 class EventRecorder:

@@ -71,7 +71,7 @@ from .errors import (
     format_seconds,
     in_stage,
 )
-from .events import NORMAL, WARNING
+from .events import NORMAL, WARNING, change_message, headline
 from .kube import (
     MERGE_PATCH,
     Action,
@@ -89,7 +89,7 @@ from .ownership import Decision, Verdict, claim_value, decide
 from .prune import Pruner, PruneResult, find_owned
 from .render import Manifest, assign_namespaces, render, substitute
 from .reports import Phase, SyncReport
-from .source import Checkout, GitCredentials
+from .source import Checkout, GitCredentials, RevisionInfo
 
 log = logging.getLogger("gitferry.reconcile")
 
@@ -135,6 +135,8 @@ class Run:
         # Added to the "applying" message: why a health check in progress ended.
         self.note = ""
         self.url = ""  # the spec's git URL, once the spec parsed (for reports)
+        # Who changed what in the revision fetched (commit subject, author, paths).
+        self.info: RevisionInfo | None = None
         # Ready for this generation when the reconcile began: becoming Ready wakes dependents.
         self.was_ready = status_.ready == "True" and status_.observed_generation == meta.generation
 
@@ -165,18 +167,30 @@ class Run:
     def event(self, type_: str, reason: str, message: str) -> None:
         self.ctx.events.post(self.key, self.meta.uid, type_, reason, message)
 
+    def about(self, revision: str) -> RevisionInfo | None:
+        """What git says about `revision` (subject, author, paths), when it was read."""
+        return self.info if self.info is not None and self.info.revision == revision else None
+
+    def changes_message(self, revision: str, changes: ChangeSet) -> str:
+        """The Event text of what `revision` changed: who and why, then each object."""
+        info = self.about(revision)
+        head = headline(revision, info.subject, info.author) if info else revision
+        return change_message(head, changes)
+
     def report(
         self, phase: Phase, reason: str, message: str, revision: str | None = None,
         changes: ChangeSet | None = None,
     ) -> None:  # fmt: skip
         """Tell the subscribers (chat, commit statuses) where this sync's revision stands."""
+        revision = (revision or self.fields.get("last_attempted_revision")
+                    or self.status.last_attempted_revision or "")  # fmt: skip
+        info = self.about(revision)
         self.ctx.report(
             SyncReport(
                 key=self.key,
                 uid=self.meta.uid,
                 url=self.url,
-                revision=revision or self.fields.get("last_attempted_revision")
-                or self.status.last_attempted_revision or "",
+                revision=revision,
                 phase=phase,
                 reason=reason,
                 message=message,
@@ -185,6 +199,9 @@ class Run:
                     if c.action not in (Action.UNCHANGED, Action.SKIPPED)
                 ),
                 labels=dict(self.meta.labels),
+                author=info.author if info else "",
+                subject=info.subject if info else "",
+                paths=info.paths.lines() if info else (),
             )
         )  # fmt: skip
 
@@ -388,9 +405,9 @@ def _pipeline(run: Run, sync: Sync) -> Outcome:
             )
         run.fields["inventory"] = final
         wait = Wait(checkout.revision, sync.generation, run.started + timeout, targets,
-                    fetched_at=time.monotonic(), changes=changes)  # fmt: skip
+                    fetched_at=time.monotonic(), changes=changes, info=run.info)  # fmt: skip
         if changes.changed:
-            run.event(NORMAL, "Progressing", f"{checkout.revision}: {changes.summary()}")
+            run.event(NORMAL, "Progressing", run.changes_message(checkout.revision, changes))
         return _await_health(run, sync, wait, exprs, summary, changed=changes.changed)
     with in_stage(Stage.STATUS, timeout):
         _succeed(run, final, changes, checkout.revision, deadline)
@@ -461,6 +478,8 @@ def _await_health(
     ctx = run.ctx
     timeout = sync.spec.timeout
     deadline = Deadline.after(min(timeout, 30.0))
+    if run.about(wait.revision) is None:  # a later look fetched nothing
+        run.info = wait.info
     with in_stage(Stage.HEALTH, timeout):
         todo = [ref for ref in wait.targets if ref not in wait.healthy]
         report = healthcheck.check(ctx.client_for(sync), ctx.discovery, todo, exprs, deadline)
@@ -536,7 +555,19 @@ def _fetch(run: Run, sync: Sync, fresh: bool, deadline: Deadline) -> Checkout:
         "sync=%s revision=%s action=fetch duration_ms=%d", sync.key, checkout.revision, run.ms()
     )
     run.fields["last_attempted_revision"] = checkout.revision
+    _describe(run, checkout, deadline)
     return checkout
+
+
+def _describe(run: Run, checkout: Checkout, deadline: Deadline) -> None:
+    """Read who changed what since the revision applied last (offline, bounded,
+    never failing: what cannot be read is unknown, and the log says why)."""
+    since = run.status.last_applied_revision
+    run.info = info = run.ctx.source.describe(checkout, since, deadline)
+    if checkout.revision != since:
+        why = info.unknown or info.paths.unknown
+        log.info("sync=%s revision=%s action=history paths=%s%s", run.key, checkout.revision,
+                 info.paths.describe(), f" why={why!r}" if why else "")  # fmt: skip
 
 
 def _render(run: Run, sync: Sync, checkout: Checkout, deadline: Deadline) -> list[Manifest]:
@@ -724,7 +755,7 @@ def _check_outcome(
         run.write(status.failed(error), deadline, inventory=final)
         if changes.changed:
             revision = run.fields.get("last_attempted_revision", "")
-            run.event(NORMAL, "Progressing", f"{revision}: {changes.summary()}")
+            run.event(NORMAL, "Progressing", run.changes_message(revision, changes))
         raise error
 
 
@@ -742,7 +773,7 @@ def _succeed(
         last_applied_revision=revision,
     )
     if changes.changed:
-        run.event(NORMAL, "ReconciliationSucceeded", f"{revision}: {changes.summary()}")
+        run.event(NORMAL, "ReconciliationSucceeded", run.changes_message(revision, changes))
     run.report(Phase.SUCCEEDED, Reason.SUCCEEDED, f"Applied revision: {revision}", revision,
                changes)  # fmt: skip
 

@@ -32,7 +32,11 @@ class SyncReport:
     """One moment of one sync. `revision` is `<ref>@sha1:<hex>` (empty when the
     failure came before git answered); `changes` names the objects written,
     Flux style (`Deployment/apps/web configured`); `message` is the condition
-    message (it names file and object, never a credential)."""
+    message (it names file and object, never a credential). `author` (a name,
+    never an address) and `subject` are the revision's commit's, `paths` the
+    files it changed since the revision applied before (`old -> new` for a
+    rename, then `and N more` past 1000); all empty when git could not tell
+    (a first revision, one whose predecessor is not in the local mirror)."""
 
     key: SyncKey
     uid: str
@@ -43,6 +47,9 @@ class SyncReport:
     message: str
     changes: tuple[str, ...] = ()
     labels: dict[str, str] = field(default_factory=dict)
+    author: str = ""
+    subject: str = ""
+    paths: tuple[str, ...] = ()
 
 
 Reporter = Callable[[SyncReport], None]

@@ -15,14 +15,16 @@ import logging
 import shutil
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..deadline import Deadline, DeadlineExceeded
 from .cache import DiskCache, Mirror
 from .credentials import GitCredentials, check_credentials
 from .errors import AuthError, FetchError, RevisionMissing, SourceBusy, SourceError
+from .history import HistoryLimits, RevisionInfo, read_revision
 from .refs import GitRef, RefsAnswer, Resolved, Want, parse_ls_remote, resolve, want_of
 from .runner import GitSession, RunnerSettings
 from .urls import parse_url
@@ -33,6 +35,7 @@ STAGE = "fetch"
 GIB = 1 << 30
 MIB = 1 << 20
 _REBUILD_FACTOR = 2
+_DESCRIBED = 256  # describe() answers remembered
 _FRESH_ENOUGH_SECONDS = 1.0
 
 # Told of every git network operation once it ends: (operation, outcome, seconds),
@@ -67,6 +70,8 @@ class Checkout:
     path: Path  # the files of the revision; shared by all syncs on this commit: read only
     commit: str  # full sha
     revision: str  # "main@sha1:<sha>", "v1.2.0@sha1:<sha>" or "sha1:<sha>"
+    # The bare mirror that holds the commit (for describe()); it may be evicted later.
+    mirror: Path | None = field(default=None, repr=False, compare=False)
 
 
 class GitSource:
@@ -82,6 +87,9 @@ class GitSource:
         self._host_failures: dict[str, tuple[float, FetchError]] = {}
         self._git = shutil.which("git") or "git"
         self._runner = RunnerSettings(settings.allow_file_urls, settings.fetch_timeout)
+        self.history_limits = HistoryLimits()
+        self._described: OrderedDict[tuple[str, str, str], RevisionInfo] = OrderedDict()
+        self._described_lock = threading.Lock()
 
     def validate_url(self, url: str) -> None:
         """InvalidURL when `url` is not one gitferry may hand to git."""
@@ -161,6 +169,37 @@ class GitSource:
             with self._hosts_lock:
                 self._host_failures[host] = (mirror.failed_at, error)
 
+    def describe(self, checkout: Checkout, since: str | None, deadline: Deadline) -> RevisionInfo:
+        """Who changed what: the subject, author and times of the commit `checkout`
+        holds, and the paths changed since the revision `since` (the one applied
+        before; None when there is none), read from the local mirror without any
+        network (history.py). Never raises; what cannot be read is said in the
+        answer's `unknown` fields. Answers are remembered (a few hundred)."""
+        key = (str(checkout.mirror), checkout.commit, since or "")
+        with self._described_lock:
+            known = self._described.get(key)
+            if known is not None:
+                self._described.move_to_end(key)
+        if known is not None:
+            return known if known.revision == checkout.revision else _relabel(known, checkout)
+        if checkout.mirror is None:
+            why = "the checkout names no mirror"
+            return RevisionInfo(checkout.revision, checkout.commit, unknown=why)
+        info = read_revision(
+            checkout.mirror,
+            checkout.revision,
+            since,
+            deadline,
+            home=self._cache.home,
+            limits=self.history_limits,
+        )
+        if not info.timed_out:
+            with self._described_lock:
+                self._described[key] = info
+                while len(self._described) > _DESCRIBED:
+                    self._described.popitem(last=False)
+        return info
+
     def close(self) -> None:
         """Remove everything this source wrote under cache_dir."""
         self._cache.close()
@@ -217,7 +256,7 @@ class GitSource:
                 len(evicted),
             )
         revision = f"{label}@sha1:{commit}" if label else f"sha1:{commit}"
-        return Checkout(path=tree, commit=commit, revision=revision)
+        return Checkout(path=tree, commit=commit, revision=revision, mirror=mirror.path)
 
     def _remote_refs(
         self,
@@ -453,6 +492,11 @@ class GitSource:
                 self._fetch_slots.release()
         finally:
             slots.release()
+
+
+def _relabel(info: RevisionInfo, checkout: Checkout) -> RevisionInfo:
+    """A remembered answer about the same commit under another ref's name."""
+    return replace(info, revision=checkout.revision)
 
 
 def _outcome(error: BaseException) -> str:
