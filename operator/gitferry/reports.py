@@ -32,7 +32,8 @@ class SyncReport:
     """One moment of one sync. `revision` is `<ref>@sha1:<hex>` (empty when the
     failure came before git answered); `changes` names the objects written,
     Flux style (`Deployment/apps/web configured`); `message` is the condition
-    message (it names file and object, never a credential)."""
+    message (it names file and object, never a credential); `author` and
+    `subject` describe the revision's commit when the pipeline knows them."""
 
     key: SyncKey
     uid: str
@@ -43,6 +44,8 @@ class SyncReport:
     message: str
     changes: tuple[str, ...] = ()
     labels: dict[str, str] = field(default_factory=dict)
+    author: str = ""
+    subject: str = ""
 
 
 Reporter = Callable[[SyncReport], None]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +67,17 @@ def _addr(name: str, default: str) -> tuple[str, int] | None:
         raise SettingsError(f"{name}={value!r}: {e}, or off") from None
 
 
+def _cluster_name() -> str | None:
+    """GITFERRY_CLUSTER_NAME: a DNS label, as it becomes part of a status key."""
+    value = (os.environ.get("GITFERRY_CLUSTER_NAME") or "").strip()
+    if value and not re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?", value):
+        raise SettingsError(
+            f"GITFERRY_CLUSTER_NAME={value!r}: lowercase letters, digits, '-' and '.', "
+            "at most 63, starting and ending with a letter or digit"
+        )
+    return value or None
+
+
 @dataclass(frozen=True)
 class Settings:
     cache_dir: Path
@@ -108,6 +120,15 @@ class Settings:
     # (Flux's StrictPostBuildSubstitutions, on by default since
     # kustomize-controller v1.9); off, it becomes "".
     strict_substitutions: bool = True
+    # Alerts: the cluster's name in commit-status keys (gitferry/<cluster>/<ns>/<name>),
+    # so that two clusters syncing one repository report side by side.
+    cluster_name: str | None = None
+    # Alerts: tries per notification or commit status, seconds per try (the
+    # backoff between tries doubles from 2 s, at most 60 s), and how many wait
+    # per Alert before the oldest is dropped.
+    notify_attempts: int = 5
+    notify_timeout: float = 15.0
+    notify_queue_size: int = 100
     # Test hook: exit hard between apply and prune (proves the inventory is crash-safe).
     crash_before_prune: bool = False
 
@@ -143,4 +164,8 @@ class Settings:
             dependency_requeue=_float("GITFERRY_DEPENDENCY_REQUEUE", 30.0, 1.0),
             metrics_addr=_addr("GITFERRY_METRICS_ADDR", "0.0.0.0:8081"),
             strict_substitutions=_bool("GITFERRY_STRICT_SUBSTITUTIONS", True),
+            cluster_name=_cluster_name(),
+            notify_attempts=_int("GITFERRY_NOTIFY_ATTEMPTS", 5),
+            notify_timeout=_float("GITFERRY_NOTIFY_TIMEOUT", 15.0, 1.0),
+            notify_queue_size=_int("GITFERRY_NOTIFY_QUEUE_SIZE", 100),
         )
