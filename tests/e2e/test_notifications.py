@@ -1,6 +1,6 @@
 """Chat notifications: an Alert sends one message when a revision applies, one when
 a revision fails (however often the failure is retried) and one when the sync is
-Ready again, to Apprise's json:// target at a local webhook; a target that
+Ready again, to Apprise's json:// and form:// targets at a local webhook; a target that
 refuses connections turns the Alert's Ready False with DeliveryFailed, and the
 URL's password shows nowhere."""
 
@@ -10,6 +10,7 @@ import re
 import socket
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -33,6 +34,13 @@ def hook() -> Iterator[ChatReceiver]:
     server.stop()
 
 
+def _chat(hook: ChatReceiver, count: int) -> list[dict[str, Any]]:
+    """The first `count` messages the json:// target got (the form:// one gets the same)."""
+    wait_for(f"{count} message(s) at each target", lambda: len(hook.received) >= 2 * count, 60)
+    return [m for r, m in zip(hook.received, hook.messages(), strict=True)
+            if r.path == "/chat"][:count]  # fmt: skip
+
+
 def _failed_reconciles(op: Operator) -> int:
     return len(re.findall(r"sync=\S+/web action=reconcile reason=RenderFailed", op.log()))
 
@@ -42,7 +50,8 @@ def test_applied_failed_and_recovered_are_three_messages(
 ) -> None:
     cluster = operator.cluster
     url = hook.apprise_url("json", "/chat", user="bot", password=PASSWORD)
-    put_secret(cluster, namespace, {"url": url}, name="chat-url")
+    form = hook.apprise_url("form", "/form")
+    put_secret(cluster, namespace, {"url": f"{url}\n{form}"}, name="chat-url")
     create_alert(cluster, "team-chat", namespace, syncs=[{"name": "web"}],
                  secretRef={"name": "chat-url"}, summary="cluster e2e")  # fmt: skip
     wait_alert(cluster, "team-chat", namespace)
@@ -53,7 +62,7 @@ def test_applied_failed_and_recovered_are_three_messages(
     create_sync(cluster, "web", namespace, repo.bare.file_url, path="deploy", interval="1h",
                 retryInterval="2s")  # fmt: skip
     wait_condition(cluster, "web", namespace, revision_sha=first)
-    (applied,) = hook.wait(1)
+    (applied,) = _chat(hook, 1)
     assert applied["title"] == f"{namespace}/web applied main@sha1:{first[:12]}"
     assert applied["type"] == "success"
     assert applied["message"].splitlines()[0] == "cluster e2e"
@@ -65,7 +74,7 @@ def test_applied_failed_and_recovered_are_three_messages(
     request_reconcile(cluster, "web", namespace)
     wait_condition(cluster, "web", namespace, status="False", reason="RenderFailed")
     wait_for("the failure retried three times", lambda: _failed_reconciles(operator) >= 3, 60)
-    applied_, failed = hook.wait(2)
+    applied_, failed = _chat(hook, 2)
     assert failed["type"] == "failure"
     assert failed["title"] == f"{namespace}/web failed: RenderFailed"
     assert "bad.yaml" in failed["message"] and f"main@sha1:{bad}" in failed["message"]
@@ -73,16 +82,20 @@ def test_applied_failed_and_recovered_are_three_messages(
     fixed = repo.commit({"deploy/bad.yaml": config_map("b")}, "fixed")
     repo.push()
     wait_condition(cluster, "web", namespace, revision_sha=fixed)
-    *_, recovered = hook.wait(3)
+    *_, recovered = _chat(hook, 3)
     assert recovered["type"] == "success"
     assert re.match(rf"{namespace}/web is Ready again after \d+s$", recovered["title"])
     assert "failing (RenderFailed)" in recovered["message"]
     assert f"ConfigMap/{namespace}/b created" in recovered["message"]
 
     time.sleep(3)  # a retry or a periodic reconcile now must say nothing
-    assert len(hook.messages()) == 3, hook.messages()
-    assert {r.basic_auth for r in hook.received} == {("bot", PASSWORD)}
-    assert_nowhere(operator, namespace, PASSWORD, url)
+    assert len(hook.received) == 6, hook.messages()  # three messages, to each target
+    forms = [m for r, m in zip(hook.received, hook.messages(), strict=True) if r.path == "/form"]
+    assert [(f["title"], f["type"]) for f in forms] == [
+        (m["title"], m["type"]) for m in (applied, failed, recovered)
+    ]
+    assert {r.basic_auth for r in hook.received if r.path == "/chat"} == {("bot", PASSWORD)}
+    assert_nowhere(operator, namespace, PASSWORD, url, form)
 
 
 def _closed_port() -> int:

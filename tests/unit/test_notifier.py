@@ -191,3 +191,17 @@ def test_a_suspended_or_deleted_alert_sends_nothing(fake: FakeKube, hook: ChatRe
     notifier.report(_report(Phase.FAILED, "ApplyFailed", "y"))
     assert notifier.idle(5) and hook.received == []
     notifier.close()
+
+
+def test_the_cluster_name_setting_is_a_dns_label(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gitferry.settings import Settings, SettingsError
+
+    monkeypatch.setenv("GITFERRY_CLUSTER_NAME", "prod-eu.1")
+    assert Settings.from_env().cluster_name == "prod-eu.1"
+    monkeypatch.setenv("GITFERRY_CLUSTER_NAME", "Prod/EU")
+    with pytest.raises(SettingsError, match="GITFERRY_CLUSTER_NAME"):
+        Settings.from_env()
+    monkeypatch.setenv("GITFERRY_CLUSTER_NAME", "")
+    monkeypatch.setenv("GITFERRY_NOTIFY_ATTEMPTS", "0")
+    with pytest.raises(SettingsError, match="GITFERRY_NOTIFY_ATTEMPTS"):
+        Settings.from_env()
