@@ -26,6 +26,7 @@ revision is the previous one, whose status must stay as it was).
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -70,6 +71,7 @@ NOT_THE_COMMITS_FAULT = frozenset(
 )
 
 
+@functools.lru_cache(maxsize=1024)  # one report is judged by every Alert of its namespace
 def normalize(message: str) -> str:
     """`message` without what changes from one retry to the next."""
     for pattern, placeholder in _VOLATILE:
