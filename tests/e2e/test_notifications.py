@@ -124,3 +124,25 @@ def test_a_target_that_refuses_turns_the_alert_not_ready_without_leaking_the_url
     assert "target 1 of 1 (JSON)" in message and "after 2 attempt(s)" in message
     assert f"sync {namespace}/web" in message
     assert_nowhere(op, namespace, PASSWORD, url, "private-hook")
+
+
+def test_the_secret_is_read_as_the_alerts_service_account(
+    operator: Operator, namespace: str, repo_factory: RepoFactory, hook: ChatReceiver
+) -> None:
+    """A tenant's Alert cannot make the operator send a Secret the tenant's
+    ServiceAccount may not read: the read is impersonated and refused."""
+    cluster = operator.cluster
+    cluster.kubectl("create", "serviceaccount", "no-secrets", "-n", namespace)
+    put_secret(cluster, namespace, {"url": hook.apprise_url()}, name="chat-url")
+    create_alert(cluster, "tenant", namespace, syncs=[{"name": "*"}],
+                 secretRef={"name": "chat-url"}, serviceAccountName="no-secrets")  # fmt: skip
+    wait_alert(cluster, "tenant", namespace)
+    repo = repo_factory("tenant")
+    sha = repo.commit({"a.yaml": config_map("a")}, "one config map")
+    repo.push()
+    create_sync(cluster, "web", namespace, repo.bare.file_url, interval="1h")
+    wait_condition(cluster, "web", namespace, revision_sha=sha)
+    alert = wait_alert(cluster, "tenant", namespace, status="False", reason="DeliveryFailed")
+    message = alert["status"]["conditions"][0]["message"]
+    assert "forbidden" in message and f"system:serviceaccount:{namespace}:no-secrets" in message
+    assert hook.received == []
