@@ -7,6 +7,9 @@ VERSION = "v1alpha1"
 KIND = "GitRepositorySync"
 PLURAL = "gitrepositorysyncs"
 API_VERSION = f"{GROUP}/{VERSION}"
+# Chat notifications and commit statuses about syncs (alerts/).
+ALERT_KIND = "Alert"
+ALERT_PLURAL = "alerts"
 
 FIELD_MANAGER = "gitferry"
 # Claims on objects moving between syncs are written under their own manager so
@@ -62,3 +65,7 @@ class Reason:
     HEALTH_CHECK_CANCELED = "HealthCheckCanceled"  # an Event: a newer revision superseded a wait
     # Flux's generic reason: a bug in gitferry, never a stage's failure.
     RECONCILIATION_FAILED = "ReconciliationFailed"
+    # Alerts: ready to deliver (Flux's generic Succeeded), and a notification or
+    # commit status that kept failing after its retries.
+    ALERT_READY = "Succeeded"
+    DELIVERY_FAILED = "DeliveryFailed"

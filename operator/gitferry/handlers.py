@@ -11,12 +11,22 @@ from typing import Any
 
 import kopf
 
+from .alerts import AlertKey
 from .api import SyncKey
-from .constants import ANNOTATION_REQUESTED_AT, FINALIZER, GROUP, KOPF_PREFIX, PLURAL, VERSION
+from .constants import (
+    ALERT_PLURAL,
+    ANNOTATION_REQUESTED_AT,
+    FINALIZER,
+    GROUP,
+    KOPF_PREFIX,
+    PLURAL,
+    VERSION,
+)
 from .runtime import Runtime
 
 log = logging.getLogger("gitferry.handlers")
 RESOURCE = (GROUP, VERSION, PLURAL)
+ALERTS = (GROUP, VERSION, ALERT_PLURAL)
 _runtime: Runtime | None = None
 _background: set[asyncio.Task[None]] = set()
 
@@ -97,3 +107,17 @@ async def worker(
 @kopf.on.delete(*RESOURCE)
 async def deleted(*, namespace: str | None, name: str, body: kopf.Body, **_: Any) -> None:
     await runtime().finalize(_key(namespace, name), dict(body))
+
+
+# Alerts: every watch event (the first listing included) refreshes the runtime's
+# index; no finalizer and no Kopf bookkeeping on them, a deleted Alert is just
+# forgotten. The index's status writes run off the event loop.
+@kopf.on.event(*ALERTS)
+async def alert_event(*, type: str | None, body: kopf.Body, **_: Any) -> None:
+    notifier = runtime().notifier
+    loop = asyncio.get_running_loop()
+    if type == "DELETED":
+        meta = body.get("metadata") or {}
+        notifier.remove(AlertKey(str(meta.get("namespace") or ""), str(meta.get("name") or "")))
+    else:
+        await loop.run_in_executor(None, notifier.upsert, dict(body))

@@ -26,11 +26,13 @@ sync is deleted: `forget_sync`), an object action, a git operation and
 outcome, a reconcile result and condition reason. Never a revision, a URL, a
 host or a message.
 
-Only what exists is registered. Reserved for the features that will report
-them, and absent until they land: `gitferry_notifications_total{outcome}`,
-`gitferry_commit_statuses_total{outcome}` and `gitferry_watches` (drift watches).
-A counter that always reads 0 would tell a dashboard "no failed deliveries"
-about deliveries that never happen.
+Only what exists is registered. Deliveries of Alerts count by outcome
+(`delivered`, `failed` after every retry, `dropped` from a full queue):
+`gitferry_notifications_total{outcome}` for chat messages,
+`gitferry_commit_statuses_total{outcome}` for commit statuses. Reserved for the
+feature that will report it, and absent until it lands: `gitferry_watches`
+(drift watches). A counter that always reads 0 would tell a dashboard "no
+failures" about work that never happens.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ log = logging.getLogger("gitferry.metrics")
 disable_created_metrics()  # type: ignore[no-untyped-call]  # (untyped upstream)
 
 ReconcileResult = Literal["success", "failure", "waiting"]
+DeliveryOutcome = Literal["delivered", "failed", "dropped"]
 
 # A reconcile takes from a few milliseconds (nothing changed) to minutes (a
 # thousand objects, a slow git host; spec.timeout bounds it).
@@ -152,6 +155,20 @@ class Metrics:
             "Syncs this operator reconciles (one worker each).",
             registry=r,
         )
+        self.notifications = Counter(
+            "gitferry_notifications_total",
+            "Chat notifications (Alerts of type apprise) by outcome: delivered, failed "
+            "(after every retry), dropped (from a full queue).",
+            ["outcome"],
+            registry=r,
+        )
+        self.commit_statuses = Counter(
+            "gitferry_commit_statuses_total",
+            "Commit statuses posted to forges (Alerts of a forge type) by outcome: "
+            "delivered, failed (after every retry), dropped (from a full queue).",
+            ["outcome"],
+            registry=r,
+        )
         self._per_sync = (self.reconcile_duration, self.ready, self.suspended, self.drift)
 
     @classmethod
@@ -199,6 +216,14 @@ class Metrics:
         """One git network operation ended (the git source's observer)."""
         self.git_requests.labels(operation, outcome).inc()
         self.git_duration.labels(operation, outcome).observe(seconds)
+
+    def notification(self, outcome: DeliveryOutcome) -> None:
+        """One chat notification ended."""
+        self.notifications.labels(outcome).inc()
+
+    def commit_status(self, outcome: DeliveryOutcome) -> None:
+        """One commit status ended."""
+        self.commit_statuses.labels(outcome).inc()
 
     def forget_sync(self, namespace: str, name: str) -> None:
         """Remove every series of a deleted sync: cardinality follows the live syncs."""

@@ -11,12 +11,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from .alerts import Notifier, NotifySettings
 from .api import SyncKey
 from .context import Context
 from .events import EventRecorder
 from .finalizer import finalize
 from .kube import Discovery, Kube, load_configuration
 from .metrics import Metrics, MetricsServer, listen
+from .notify.delivery import Policy
 from .receiver import Receiver
 from .reconcile import reconcile
 from .scheduler import Scheduler
@@ -32,6 +34,8 @@ log = logging.getLogger("gitferry.runtime")
 class Runtime:
     context: Context
     scheduler: Scheduler[SyncKey]
+    # Alerts, subscribed to the pipeline's SyncReports (chat, commit statuses).
+    notifier: Notifier
     receiver: Receiver | None = None  # push webhooks, when a Secret is configured
     _finalizing: threading.Condition = field(default_factory=threading.Condition)
     _running_finalizers: int = 0
@@ -81,6 +85,20 @@ class Runtime:
             events=EventRecorder(kube),
             metrics=metrics,
         )
+        notifier = Notifier(
+            kube,
+            NotifySettings(
+                Policy(
+                    capacity=settings.notify_queue_size,
+                    attempts=settings.notify_attempts,
+                    timeout=settings.notify_timeout,
+                ),
+                default_service_account=settings.default_service_account,
+                cluster_name=settings.cluster_name,
+            ),
+            metrics,
+        )
+        ctx.reporters.append(notifier.report)
         scheduler: Scheduler[SyncKey] = Scheduler(
             functools.partial(reconcile, ctx), settings.max_concurrent_reconciles
         )
@@ -102,7 +120,7 @@ class Runtime:
             address,
             "on" if receiver else "off",
         )
-        return cls(ctx, scheduler, receiver, _listener=listener)
+        return cls(ctx, scheduler, notifier, receiver, _listener=listener)
 
     def not_ready(self) -> str | None:
         """Why the operator is not ready, or None: it is from its start (clients
@@ -167,6 +185,7 @@ class Runtime:
         with self._finalizing:  # finalizers stop at their next stage boundary too
             while self._running_finalizers and time.monotonic() < end:
                 self._finalizing.wait(max(0.0, end - time.monotonic()))
+        self.notifier.close()  # queued notifications are dropped; one in flight ends alone
         self.context.source.close()
         self.context.kube.close()
         if self._server is None and self._listener is not None:  # bound, never served

@@ -82,6 +82,17 @@ def _secret_ref(name: str) -> tuple[str, str] | None:
     return namespace, secret
 
 
+def _cluster_name() -> str | None:
+    """GITFERRY_CLUSTER_NAME: a DNS label, as it becomes part of a status key."""
+    value = (os.environ.get("GITFERRY_CLUSTER_NAME") or "").strip()
+    if value and not re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?", value):
+        raise SettingsError(
+            f"GITFERRY_CLUSTER_NAME={value!r}: lowercase letters, digits, '-' and '.', "
+            "at most 63, starting and ending with a letter or digit"
+        )
+    return value or None
+
+
 @dataclass(frozen=True)
 class Settings:
     cache_dir: Path
@@ -124,6 +135,15 @@ class Settings:
     # (Flux's StrictPostBuildSubstitutions, on by default since
     # kustomize-controller v1.9); off, it becomes "".
     strict_substitutions: bool = True
+    # Alerts: the cluster's name in commit-status keys (gitferry/<cluster>/<ns>/<name>),
+    # so that two clusters syncing one repository report side by side.
+    cluster_name: str | None = None
+    # Alerts: tries per notification or commit status, seconds per try (the
+    # backoff between tries doubles from 2 s, at most 60 s), and how many wait
+    # per Alert before the oldest is dropped.
+    notify_attempts: int = 5
+    notify_timeout: float = 15.0
+    notify_queue_size: int = 100
     # Test hook: exit hard between apply and prune (proves the inventory is crash-safe).
     crash_before_prune: bool = False
     # Push webhooks (receiver.py): the Secret (namespace, name) holding the forges'
@@ -167,4 +187,8 @@ class Settings:
             webhook_secret=_secret_ref("GITFERRY_WEBHOOK_SECRET"),
             webhook_addr=_addr("GITFERRY_WEBHOOK_ADDR", "0.0.0.0:9292") or ("0.0.0.0", 9292),
             webhook_max_body_bytes=_int("GITFERRY_WEBHOOK_MAX_BODY_BYTES", 1 * MiB, 1024),
+            cluster_name=_cluster_name(),
+            notify_attempts=_int("GITFERRY_NOTIFY_ATTEMPTS", 5),
+            notify_timeout=_float("GITFERRY_NOTIFY_TIMEOUT", 15.0, 1.0),
+            notify_queue_size=_int("GITFERRY_NOTIFY_QUEUE_SIZE", 100),
         )

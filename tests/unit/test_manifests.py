@@ -102,6 +102,7 @@ def test_build_holds_every_object(built: list[dict[str, Any]]) -> None:
         [
             ("Namespace", NAMESPACE),
             ("CustomResourceDefinition", CRD_NAME),
+            ("CustomResourceDefinition", "alerts.gitferry.dev"),
             ("ServiceAccount", "gitferry"),
             ("ClusterRole", "gitferry"),
             ("ClusterRoleBinding", "gitferry"),
@@ -559,6 +560,8 @@ def test_operator_role(built: list[dict[str, Any]]) -> None:
         (constants.PLURAL, ["get", "list", "watch", "create", "update", "patch", "delete"]),
         (f"{constants.PLURAL}/status", ["get", "update", "patch"]),
         (f"{constants.PLURAL}/finalizers", ["update", "patch"]),
+        (constants.ALERT_PLURAL, ["get", "list", "watch"]),
+        (f"{constants.ALERT_PLURAL}/status", ["get", "update", "patch"]),
     ]:
         for verb in verbs:
             assert _allows(role, g, resource, verb), (resource, verb)
