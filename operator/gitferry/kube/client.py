@@ -9,8 +9,10 @@ it talks to the API server through `ApiClient.call_api` and its own discovery.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import urllib3
@@ -19,7 +21,7 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
 from ..deadline import Deadline
-from .errors import KubeError
+from .errors import KubeError, LineTooLong
 
 APPLY_PATCH = "application/apply-patch+yaml"
 MERGE_PATCH = "application/merge-patch+json"
@@ -27,6 +29,8 @@ JSON_PATCH = "application/json-patch+json"
 
 # One API call never waits longer than this, whatever the deadline says.
 MAX_CALL_SECONDS = 30.0
+# A stream's error answer (a Status) is read up to this many bytes.
+_MAX_ERROR_BODY = 64 * 1024
 
 
 def load_configuration(
@@ -123,3 +127,111 @@ class Kube:
             raise KubeError.from_api_exception(ApiException(http_resp=resp))
         data = json.loads(raw) if raw else {}
         return data if isinstance(data, dict) else {}
+
+    def stream(
+        self,
+        path: str,
+        *,
+        query: Mapping[str, str] | None = None,
+        accept: str = "application/json",
+        connect_timeout: float = 10.0,
+        read_timeout: float = MAX_CALL_SECONDS,
+    ) -> Stream:
+        """GET `path` and hand back its body as a Stream (a watch), once the API
+        server answered 2xx; a non-2xx answer raises KubeError with its status.
+
+        `read_timeout` bounds each wait for more bytes, not the whole response.
+        The caller must close() the stream; its connection is never reused."""
+        headers = {"Accept": accept}
+        if self.impersonate:
+            headers["Impersonate-User"] = self.impersonate
+        method_, url, headers, _, _ = self._api.param_serialize(
+            method="GET",
+            resource_path=path,
+            query_params=list((query or {}).items()),
+            header_params=headers,
+            auth_settings=["BearerToken"],
+        )
+        try:
+            resp = self._api.call_api(
+                method_,
+                url,
+                header_params=headers,
+                _request_timeout=(connect_timeout, read_timeout),
+            )
+        except ApiException as e:
+            raise KubeError.from_api_exception(e) from None
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            raise KubeError(0, "ConnectionError", f"GET {path}: {type(e).__name__}: {e}") from None
+        raw = resp.response
+        if not 200 <= resp.status < 300:
+            try:
+                body = raw.read(_MAX_ERROR_BODY)
+            except (urllib3.exceptions.HTTPError, OSError):
+                body = b""
+            finally:
+                raw.close()
+            raise KubeError.from_api_exception(
+                ApiException(resp.status, resp.reason, body=body.decode("utf-8", "replace"))
+            )
+        return Stream(raw, f"GET {path}")
+
+
+class Stream:
+    """A response read as it arrives, line by line (a watch): `lines()` on one
+    thread, `abort()` from any other to end it at once, whatever it waits for."""
+
+    def __init__(self, response: Any, what: str) -> None:
+        self._response = response  # urllib3's HTTPResponse, not preloaded
+        self._what = what
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def lines(self, max_line_bytes: int) -> Iterator[bytes]:
+        """Each line (without its newline) as soon as it is complete; raises
+        LineTooLong when one grows past `max_line_bytes`, KubeError (status 0)
+        when the connection breaks. Ends when the server ends the response."""
+        buf = bytearray()
+        while True:
+            try:
+                chunk = self._response.read1(64 * 1024)
+            except (urllib3.exceptions.HTTPError, OSError, ValueError, AttributeError) as e:
+                # ValueError/AttributeError: the response was closed under the read.
+                raise KubeError(
+                    0, "ConnectionError", f"{self._what}: {type(e).__name__}: {e}"
+                ) from None
+            if not chunk:
+                if buf.strip():
+                    yield bytes(buf)
+                return
+            start = 0
+            while (end := chunk.find(b"\n", start)) >= 0:
+                if len(buf) + end - start > max_line_bytes:
+                    raise LineTooLong(self._what, max_line_bytes)
+                buf += chunk[start:end]
+                if buf.strip():
+                    yield bytes(buf)
+                buf.clear()
+                start = end + 1
+            buf += chunk[start:]
+            if len(buf) > max_line_bytes:
+                raise LineTooLong(self._what, max_line_bytes)
+
+    def abort(self) -> None:
+        """Shut the socket down under a blocked read, from another thread: the
+        reader sees the connection end at once instead of at its read timeout."""
+        with self._lock:
+            if self._closed:
+                return
+        # Already closed or released: nothing is blocked on it.
+        with contextlib.suppress(OSError, ValueError, RuntimeError):
+            self._response.shutdown()
+
+    def close(self) -> None:
+        """Close the connection: a stream's connection never goes back to the pool."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        with contextlib.suppress(OSError, urllib3.exceptions.HTTPError):
+            self._response.close()

@@ -45,6 +45,14 @@ class KubeError(Exception):
         return self.status == 422
 
 
+class LineTooLong(KubeError):
+    """A streamed line (one watch event) grew past the bound; the stream is unusable."""
+
+    def __init__(self, what: str, limit: int) -> None:
+        super().__init__(0, "LineTooLong", f"{what}: a line longer than {limit} bytes")
+        self.limit = limit
+
+
 class ApplyError(Exception):
     """Objects could not be applied; `message` names each object and its file and
     the API server's words. Nothing of the failing stage was written."""

@@ -1,4 +1,5 @@
-"""Taking over field ownership when an applier adopts an object.
+"""Field ownership: taking it over when an applier adopts an object, and reading
+it (field_paths, owners: who holds which field).
 
 An object created by client-side `kubectl apply`, `kubectl create`/`edit` or
 another tool has its fields owned by those managers. A server-side apply that
@@ -10,12 +11,18 @@ the resourceVersion, and drops the last-applied annotation. This does the same
 for a configurable set of managers — people's tools, never controllers, whose
 fields (a Deployment's revision annotation, an HPA's replicas) are not ours —
 and only for the fields the adopting apply sets itself.
+
+Reading: `apply_fields_json` is an applier's field set as canonical JSON (what a
+watch keeps per object to notice that someone took a field), `field_paths` spells
+a field set as readable paths, and `owners` names who holds a path.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+import json
+import re
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
@@ -186,3 +193,99 @@ def _without(fields: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
     else:
         del out[path[0]]
     return out
+
+
+# --- reading fieldsV1 -----------------------------------------------------------
+
+
+def canonical(fields: Mapping[str, Any]) -> str:
+    """A fieldsV1 set as canonical JSON (sorted keys, no spaces): equal sets, equal strings."""
+    return json.dumps(fields, sort_keys=True, separators=(",", ":"))
+
+
+def apply_fields_json(managed_fields: Iterable[Mapping[str, Any]], manager: str) -> str | None:
+    """Canonical JSON of the fieldsV1 of `manager`'s Apply entry on the main
+    resource (not a subresource), or None when it has no such entry."""
+    for e in managed_fields:
+        if (e.get("manager"), e.get("operation")) == (manager, "Apply") and not e.get(
+            "subresource"
+        ):
+            fields = e.get("fieldsV1")
+            return canonical(fields if isinstance(fields, dict) else {})
+    return None
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _name(name: str) -> str:
+    """`.replicas`, or `["app.kubernetes.io/name"]` for a name a dot would split."""
+    return f".{name}" if _PLAIN_NAME.fullmatch(name) else f"[{json.dumps(name)}]"
+
+
+def _scalar(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
+def _step(key: str) -> str | None:
+    """One fieldsV1 key as a path step; None for "." (the map or item itself)."""
+    if key == ".":
+        return None
+    prefix, _, rest = key.partition(":")
+    if prefix == "f":
+        return _name(rest)
+    if prefix == "k":  # an item of an associative list, by its keys
+        try:
+            keys = json.loads(rest)
+        except ValueError:
+            return f"[{rest}]"
+        if isinstance(keys, dict):
+            return "[" + ",".join(f"{k}={_scalar(v)}" for k, v in sorted(keys.items())) + "]"
+        return f"[{rest}]"
+    if prefix == "v":  # an item of a set, by its value
+        try:
+            return f"[={_scalar(json.loads(rest))}]"
+        except ValueError:
+            return f"[={rest}]"
+    if prefix == "i":  # an item of an atomic-less list, by its index
+        return f"[{rest}]"
+    return f"[{json.dumps(key)}]"
+
+
+def field_paths(fields: str | Mapping[str, Any]) -> set[str]:
+    """A fieldsV1 set (JSON or already decoded) as readable paths: `spec.replicas`,
+    `metadata.labels.app`, `spec.template.spec.containers[name=web].image`,
+    `metadata.annotations["example.com/x"]`, `metadata.finalizers[=example.com/f]`.
+
+    Every leaf is a path, and so is every map or list item the set owns as such
+    (its `"."` marker): `spec.template.spec.containers[name=web]`."""
+    tree = json.loads(fields) if isinstance(fields, str) else fields
+    out: set[str] = set()
+    stack: list[tuple[str, Any]] = [("", tree)]
+    while stack:
+        prefix, node = stack.pop()
+        if not isinstance(node, Mapping):
+            continue
+        if not node and prefix:
+            out.add(prefix)
+            continue
+        for key, child in node.items():
+            step = _step(key)
+            if step is None:
+                if prefix:
+                    out.add(prefix)
+                continue
+            stack.append((prefix + step, child))
+    return {p[1:] if p.startswith(".") else p for p in out}
+
+
+def owners(managed_fields: Iterable[Mapping[str, Any]], path: str) -> list[str]:
+    """The managers whose field set holds `path` (as field_paths spells it), each
+    once, in the order of managedFields: who took `spec.replicas`."""
+    found: list[str] = []
+    for e in managed_fields:
+        fields = e.get("fieldsV1")
+        manager = str(e.get("manager") or "")
+        if isinstance(fields, Mapping) and manager not in found and path in field_paths(fields):
+            found.append(manager)
+    return found
