@@ -31,7 +31,6 @@ reconcile.
 from __future__ import annotations
 
 import heapq
-import json
 import logging
 import random
 import threading
@@ -43,7 +42,7 @@ from typing import Any, Protocol
 from .api import SyncKey
 from .constants import FIELD_MANAGER, LABEL_SYNC_NAME, LABEL_SYNC_NAMESPACE
 from .kube import ObjRef
-from .kube.managedfields import applied_fields, field_paths, owners
+from .kube.managedfields import apply_fields_json, field_paths, owners
 
 log = logging.getLogger("gitferry.drift")
 
@@ -55,13 +54,6 @@ DEBOUNCE_SECONDS = 0.5
 FIGHT_THRESHOLD = 3
 FIGHT_WINDOW = 300.0
 MAX_BACKOFF = 300.0
-
-
-def fields_text(fields: Mapping[str, Any] | None) -> str | None:
-    """A fieldsV1 set as canonical JSON (sorted keys), comparable as text."""
-    if fields is None:
-        return None
-    return json.dumps(fields, sort_keys=True, separators=(",", ":"))
 
 
 class ObjectMeta(Protocol):
@@ -108,9 +100,12 @@ class Baseline:
 
 @dataclass
 class Fight:
-    """Repeated corrections of one object: when, and who took which fields."""
+    """Repeated corrections of one object: when, and who took which fields.
+    `open`: it drifted from its current baseline already (one correction is
+    due; more events before the correction are the same drift)."""
 
     times: list[float] = field(default_factory=list)
+    open: bool = False
     managers: set[str] = field(default_factory=set)
     paths: set[str] = field(default_factory=set)
     warned: bool = False
@@ -154,12 +149,17 @@ class Drift:
         objects = {
             ref: (
                 str((obj.get("metadata") or {}).get("uid", "")),
-                fields_text(applied_fields(dict(obj), FIELD_MANAGER)),
+                apply_fields_json(
+                    (obj.get("metadata") or {}).get("managedFields") or [], FIELD_MANAGER
+                ),
             )
             for ref, obj in applied.items()
         }
         with self._lock:
             self._baselines[key] = Baseline(revision, generation, objects, time.monotonic())
+            for (k, _), fight in self._fights.items():
+                if k == key:
+                    fight.open = False  # corrected: the next drift is a new round
         if self.cache is not None:
             for group, kind in sorted({(r.group, r.kind) for r in objects}):
                 self.cache.watch(group, kind)
@@ -203,7 +203,7 @@ class Drift:
             if not self.cache.synced(ref.group, ref.kind):
                 return False
             meta = self.cache.get(ref)
-            if meta is None or meta.uid != uid or meta.deleting or _norm(meta.fields) != fields:
+            if meta is None or meta.uid != uid or meta.deleting or meta.fields != fields:
                 return False
         return True
 
@@ -238,7 +238,7 @@ class Drift:
                 key, meta.ref, "deleted" if type_ == "DELETED" else "replaced", set(), set()
             )
             return
-        now_fields = _norm(meta.fields)
+        now_fields = meta.fields  # canonical JSON, as apply_fields_json writes it
         if now_fields == fields:
             return  # status, or fields only others own: not ours to correct
         lost = field_paths(fields or "{}") - field_paths(now_fields or "{}")
@@ -254,6 +254,9 @@ class Drift:
         now = time.monotonic()
         with self._lock:
             fight = self._fights.setdefault((key, ref), Fight())
+            if fight.open:
+                return  # the same drift again (the controller's status writes): one correction
+            fight.open = True
             fight.times = [t for t in fight.times if now - t < FIGHT_WINDOW] + [now]
             fight.managers |= takers
             fight.paths |= lost
@@ -302,13 +305,3 @@ class Drift:
                 self.request(key, f"drift ({how})")
             except Exception:
                 log.exception("sync=%s action=drift-request", key)
-
-
-def _norm(fields: str | None) -> str | None:
-    """The watch cache's text of a fieldsV1 in drift's canonical form."""
-    if fields is None:
-        return None
-    try:
-        return fields_text(json.loads(fields))
-    except ValueError:
-        return fields

@@ -77,7 +77,7 @@ class Runtime:
             ),
             observer=metrics.git_request,
         )
-        syncs = SyncCache()
+        syncs = SyncCache(live=True)  # fed by Kopf's events (handlers.observed)
         ctx = Context(
             kube=kube,
             discovery=discovery,

@@ -33,16 +33,25 @@ def _version(body: dict[str, Any]) -> int | None:
 
 class SyncCache:
     """Sync bodies by key; thread-safe. `get` returns None when the cache does
-    not know the sync (the caller then asks the API server)."""
+    not know the sync (the caller then asks the API server).
 
-    def __init__(self) -> None:
+    `live`: a watch feeds the cache (the operator's runtime). A cache nobody
+    feeds (a test or the benchmark driving the pipeline directly) holds
+    nothing, so that a change made behind its back is never missed."""
+
+    def __init__(self, live: bool = False) -> None:
+        self.live = live
         self._bodies: dict[SyncKey, dict[str, Any]] = {}
         self._lock = threading.Lock()
 
     def observe(self, body: dict[str, Any]) -> None:
         """A body seen in a watch event or returned by a write; an older one
         (smaller resourceVersion) than the one held is ignored."""
-        if not isinstance(body, dict) or not (body.get("metadata") or {}).get("name"):
+        if (
+            not self.live
+            or not isinstance(body, dict)
+            or not (body.get("metadata") or {}).get("name")
+        ):
             return
         key = _key(body)
         new = _version(body)

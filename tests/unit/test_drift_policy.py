@@ -3,7 +3,6 @@ one Warning against a field manager that keeps taking gitferry's fields."""
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,8 +10,9 @@ from typing import Any
 import pytest
 
 from gitferry.api import SyncKey
-from gitferry.drift import FIGHT_THRESHOLD, Drift, fields_text
+from gitferry.drift import FIGHT_THRESHOLD, Drift
 from gitferry.kube import ObjRef
+from gitferry.kube.managedfields import canonical
 
 KEY = SyncKey("apps", "web")
 REF = ObjRef("apps", "Deployment", "apps", "web")
@@ -63,7 +63,7 @@ def setup() -> Any:
     requests: list[tuple[SyncKey, str]] = []
     drift = Drift(cache, lambda k, why: requests.append((k, why)))
     drift.record(KEY, "main@sha1:1", 3, {REF: applied()})
-    cache.objects[REF] = Meta(REF, "u1", json.dumps(OURS))
+    cache.objects[REF] = Meta(REF, "u1", canonical(OURS))
     yield drift, cache, requests
     drift.close()
 
@@ -87,9 +87,9 @@ def test_record_watches_the_kinds_and_unchanged_holds(setup: Any) -> None:
     "meta",
     [
         None,  # deleted
-        Meta(REF, "u2", json.dumps(OURS)),  # recreated by someone
-        Meta(REF, "u1", json.dumps(LESS)),  # a field taken
-        Meta(REF, "u1", json.dumps(OURS), deleting=True),
+        Meta(REF, "u2", canonical(OURS)),  # recreated by someone
+        Meta(REF, "u1", canonical(LESS)),  # a field taken
+        Meta(REF, "u1", canonical(OURS), deleting=True),
     ],
 )
 def test_unchanged_is_false_after_drift(setup: Any, meta: Meta | None) -> None:
@@ -112,7 +112,7 @@ def test_full_verification_is_due_after_its_interval() -> None:
     drift = Drift(cache, lambda k, why: None, full_verify_interval=0.05)
     try:
         drift.record(KEY, "r", 1, {REF: applied()})
-        cache.objects[REF] = Meta(REF, "u1", json.dumps(OURS))
+        cache.objects[REF] = Meta(REF, "u1", canonical(OURS))
         assert drift.unchanged(KEY, "r", 1)
         time.sleep(0.1)
         assert not drift.unchanged(KEY, "r", 1)
@@ -122,8 +122,7 @@ def test_full_verification_is_due_after_its_interval() -> None:
 
 def test_status_and_others_fields_are_not_drift(setup: Any) -> None:
     drift, _, requests = setup
-    drift.on_event("MODIFIED", Meta(REF, "u1", json.dumps(OURS)), [])
-    drift.on_event("MODIFIED", Meta(REF, "u1", fields_text(OURS)), [])
+    drift.on_event("MODIFIED", Meta(REF, "u1", canonical(OURS)), [])
     time.sleep(0.8)
     assert requests == []
 
@@ -133,7 +132,7 @@ def test_a_taken_field_requests_one_reconcile_debounced(setup: Any) -> None:
     taker = [{"manager": "kubectl-edit", "operation": "Update",
               "fieldsV1": {"f:spec": {"f:replicas": {}}}}]  # fmt: skip
     for _ in range(3):  # a burst
-        drift.on_event("MODIFIED", Meta(REF, "u1", json.dumps(LESS)), taker)
+        drift.on_event("MODIFIED", Meta(REF, "u1", canonical(LESS)), taker)
     settle(requests, 1)
     time.sleep(0.3)
     assert requests == [(KEY, "drift (changed)")]
@@ -141,7 +140,7 @@ def test_a_taken_field_requests_one_reconcile_debounced(setup: Any) -> None:
 
 def test_deletion_is_drift(setup: Any) -> None:
     drift, _, requests = setup
-    drift.on_event("DELETED", Meta(REF, "u1", json.dumps(OURS)), [])
+    drift.on_event("DELETED", Meta(REF, "u1", canonical(OURS)), [])
     settle(requests, 1)
     assert requests == [(KEY, "drift (deleted)")]
 
@@ -158,7 +157,7 @@ def test_objects_of_no_baseline_and_unlabelled_objects_are_ignored(setup: Any) -
 def test_own_apply_is_not_drift(setup: Any) -> None:
     drift, _, requests = setup
     drift.applying(KEY)  # the sync's reconcile writes: no baseline until record
-    drift.on_event("MODIFIED", Meta(REF, "u1", json.dumps(LESS)), [])
+    drift.on_event("MODIFIED", Meta(REF, "u1", canonical(LESS)), [])
     drift.record(KEY, "main@sha1:2", 3, {REF: applied(LESS)})
     time.sleep(0.7)
     assert requests == []
@@ -169,7 +168,7 @@ def test_a_fight_backs_off_and_warns_once_naming_the_manager_and_field(setup: An
     hpa = [{"manager": "horizontal-pod-autoscaler", "operation": "Update",
             "fieldsV1": {"f:spec": {"f:replicas": {}}}}]  # fmt: skip
     for i in range(FIGHT_THRESHOLD + 2):
-        drift.on_event("MODIFIED", Meta(REF, "u1", json.dumps(LESS)), hpa)
+        drift.on_event("MODIFIED", Meta(REF, "u1", canonical(LESS)), hpa)
         settle(requests, i + 1, timeout=0.8)
         drift.record(KEY, "main@sha1:1", 3, {REF: applied()})  # gitferry put it back
     # The first corrections come at once; later ones wait longer and longer.

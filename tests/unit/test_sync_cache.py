@@ -17,7 +17,7 @@ def body(rv: str, **status: Any) -> dict[str, Any]:
 
 
 def test_newest_resource_version_wins() -> None:
-    cache = SyncCache()
+    cache = SyncCache(live=True)
     assert cache.get(KEY) is None
     cache.observe(body("10", a=1))
     cache.observe(body("12", a=2))  # our own status write
@@ -26,14 +26,14 @@ def test_newest_resource_version_wins() -> None:
 
 
 def test_a_version_that_is_no_integer_counts_as_newer() -> None:
-    cache = SyncCache()
+    cache = SyncCache(live=True)
     cache.observe(body("10", a=1))
     cache.observe(body("x", a=2))
     assert cache.get(KEY) == body("x", a=2)
 
 
 def test_deleted_removes_unless_a_newer_body_was_seen() -> None:
-    cache = SyncCache()
+    cache = SyncCache(live=True)
     cache.observe(body("12"))
     cache.remove(KEY, body("11"))
     assert cache.get(KEY) is not None
@@ -42,7 +42,13 @@ def test_deleted_removes_unless_a_newer_body_was_seen() -> None:
 
 
 def test_bodies_without_a_name_are_ignored() -> None:
-    cache = SyncCache()
+    cache = SyncCache(live=True)
     cache.observe({"metadata": {}})
     cache.observe("nonsense")  # type: ignore[arg-type]
     assert len(cache) == 0
+
+
+def test_a_cache_nobody_feeds_holds_nothing() -> None:
+    cache = SyncCache()
+    cache.observe(body("10"))
+    assert cache.get(KEY) is None
