@@ -62,6 +62,8 @@ class Reason:
     HEALTH_CHECK_FAILED = "HealthCheckFailed"
     DEPENDENCY_NOT_READY = "DependencyNotReady"
     DEPENDENCY_CYCLE = "DependencyCycle"
+    # An Event: another field manager keeps changing fields gitferry applies.
+    FIELD_MANAGER_CONFLICT = "FieldManagerConflict"
     HEALTH_CHECK_CANCELED = "HealthCheckCanceled"  # an Event: a newer revision superseded a wait
     # Flux's generic reason: a bug in gitferry, never a stage's failure.
     RECONCILIATION_FAILED = "ReconciliationFailed"

@@ -6,13 +6,14 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
 from .api import InventoryEntry, Sync, SyncKey, SyncStatus, sync_path
 from .deadline import Deadline, DeadlineExceeded
+from .drift import Drift
 from .errors import ShuttingDown
 from .events import EventRecorder
 from .kube import ChangeSet, Discovery, Kube, KubeError, ObjRef
@@ -22,6 +23,7 @@ from .reports import Reporter, SyncReport, publish
 from .settings import Settings
 from .source import GitSource, RevisionInfo
 from .status import StatusWriter
+from .syncs import SyncCache
 
 
 @dataclass
@@ -68,6 +70,12 @@ class Context:
     status: StatusWriter
     events: EventRecorder
     metrics: Metrics = field(default_factory=Metrics)
+    # The latest body of each sync (Kopf's events, gitferry's own writes).
+    syncs: SyncCache = field(default_factory=SyncCache)
+    # Drift detection and the no-op test (drift.py); None: every reconcile verifies in full.
+    drift: Drift | None = None
+    # Secret data read for git credentials, by (namespace, name, identity): (when, data).
+    _secrets: dict[tuple[str, str, str], tuple[float, dict[str, str]]] = field(default_factory=dict)
     # Subscribers to SyncReports (chat notifications, commit statuses): they enqueue only.
     reporters: list[Reporter] = field(default_factory=list)
     _last_warning: dict[SyncKey, str] = field(default_factory=dict)
@@ -140,8 +148,11 @@ class Context:
             for dependents in self._dependents.values():
                 dependents.discard(key)
             self._poked.pop(key, None)
+            self._secrets = {k: v for k, v in self._secrets.items() if k[0] != key.namespace}
             self._confined.pop(key, None)
         self.metrics.forget_sync(key.namespace, key.name)  # its series go with it
+        if self.drift is not None:
+            self.drift.forget(key)
 
     def report(self, report: SyncReport) -> None:
         """Publish a SyncReport to every subscriber (reports.py); never blocks."""
@@ -177,15 +188,39 @@ class Context:
         with self._lock:
             self._last_render[key] = frozenset(ids)
 
-    def sync_body(self, key: SyncKey, deadline: Deadline | None = None) -> dict[str, Any] | None:
-        """The sync as the API server has it now; None when it is gone or being deleted."""
-        try:
-            body = self.kube.request("GET", sync_path(key), deadline=deadline)
-        except KubeError as e:
-            if e.not_found:
-                return None
-            raise
+    def sync_body(
+        self, key: SyncKey, deadline: Deadline | None = None, cached: bool = False
+    ) -> dict[str, Any] | None:
+        """The sync as the API server has it now; None when it is gone or being
+        deleted. `cached`: from the sync cache when it knows the sync (no request)."""
+        body = self.syncs.get(key) if cached else None
+        if body is None:
+            try:
+                body = self.kube.request("GET", sync_path(key), deadline=deadline)
+            except KubeError as e:
+                if e.not_found:
+                    return None
+                raise
+            self.syncs.observe(body)
         return None if (body.get("metadata") or {}).get("deletionTimestamp") else body
+
+    def credentials(
+        self, namespace: str, name: str, service_account: str | None, max_age: float,
+        read: Callable[[], dict[str, str]],
+    ) -> dict[str, str]:  # fmt: skip
+        """A Secret's data as `read()` gives it, kept up to `max_age` seconds per
+        (namespace, name, identity): a reconcile that git's shared cache answers
+        makes no request for its credentials either. 0 reads afresh."""
+        key = (namespace, name, service_account or "")
+        now = time.monotonic()
+        with self._lock:
+            held = self._secrets.get(key)
+        if held is not None and max_age > 0 and now - held[0] < max_age:
+            return held[1]
+        data = read()
+        with self._lock:
+            self._secrets[key] = (now, data)
+        return data
 
     def owner_ids(self, owner: SyncKey, deadline: Deadline | None = None) -> frozenset[str] | None:
         """The inventory ids sync `owner`'s git holds: its last render here, else its

@@ -76,20 +76,32 @@ async def cleanup(**_: Any) -> None:
 
 # A new (or, after a restart, resumed) sync needs no request: its worker daemon
 # reconciles as soon as it starts.
+@kopf.on.event(*RESOURCE)
+async def observed(*, type: str | None, body: kopf.Body, **_: Any) -> None:
+    # Every event of a sync feeds the sync cache: reconciles read it, not the API.
+    runtime().observe(type, dict(body))
+
+
 @kopf.on.update(*RESOURCE, field="spec")
-async def spec_changed(*, namespace: str | None, name: str, reason: str, **_: Any) -> None:
+async def spec_changed(
+    *, namespace: str | None, name: str, reason: str, body: kopf.Body, **_: Any
+) -> None:
+    runtime().observe("MODIFIED", dict(body))  # before the reconcile reads it
     runtime().scheduler.request(_key(namespace, name), str(reason))
 
 
 @kopf.on.field(*RESOURCE, field=("metadata", "annotations", ANNOTATION_REQUESTED_AT))
-async def requested(*, namespace: str | None, name: str, new: Any, **_: Any) -> None:
+async def requested(
+    *, namespace: str | None, name: str, new: Any, body: kopf.Body, **_: Any
+) -> None:
     if new:
+        runtime().observe("MODIFIED", dict(body))
         runtime().scheduler.request(_key(namespace, name), "requested-at")
 
 
 @kopf.daemon(*RESOURCE, cancellation_timeout=5.0)
 async def worker(
-    *, namespace: str | None, name: str, stopped: kopf.DaemonStopped, **_: Any
+    *, namespace: str | None, name: str, stopped: kopf.DaemonStopped, body: kopf.Body, **_: Any
 ) -> None:
     stop = asyncio.Event()
 
@@ -99,7 +111,8 @@ async def worker(
 
     watcher = asyncio.create_task(watch_stop())
     try:
-        await runtime().scheduler.run(_key(namespace, name), stop)
+        first_in = runtime().first_delay(dict(body))
+        await runtime().scheduler.run(_key(namespace, name), stop, first_in)
     finally:
         watcher.cancel()
 

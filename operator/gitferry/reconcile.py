@@ -114,7 +114,10 @@ class Outcome:
 
 
 def _jitter(seconds: float, fraction: float) -> float:
-    return seconds * (1 + random.uniform(0, fraction))
+    """`seconds` ± `fraction` (Flux's interval jitter): syncs created together
+    drift apart instead of hitting git and the API server in the same second."""
+    fraction = min(fraction, 0.5)
+    return seconds * (1 + random.uniform(-fraction, fraction))
 
 
 class Run:
@@ -159,8 +162,9 @@ class Run:
             for kk, vv in kv.items()
         ):
             return
-        self.ctx.kube.request("PATCH", sync_path(self.key), deadline=deadline,
-                              body={"metadata": metadata}, content_type=MERGE_PATCH)  # fmt: skip
+        stored = self.ctx.kube.request("PATCH", sync_path(self.key), deadline=deadline,
+                                       body={"metadata": metadata}, content_type=MERGE_PATCH)  # fmt: skip
+        self.ctx.syncs.observe(stored)
         for k, kv in metadata.items():
             self.parent.setdefault(k, {}).update(kv)
 
@@ -219,7 +223,7 @@ def _reconcile(ctx: Context, key: SyncKey) -> Result:
     # Read the sync afresh: a watch's copy may not yet show the status (and
     # inventory) that the previous reconcile wrote.
     try:
-        body = ctx.sync_body(key)
+        body = ctx.sync_body(key, cached=True)
     except KubeError as e:
         log.warning("sync=%s action=read-failed error=%s", key, e.message)
         return Result(False, 10.0)
@@ -298,22 +302,32 @@ def _fail(run: Run, error: SyncError) -> None:
     run.report(Phase.FAILED, error.reason, error.message)
 
 
-def _credentials(ctx: Context, sync: Sync, deadline: Deadline) -> GitCredentials | None:
+def _credentials(
+    ctx: Context, sync: Sync, deadline: Deadline, max_age: float
+) -> GitCredentials | None:
+    """spec.secretRef's credentials, read at most every `max_age` seconds (the
+    age git's shared cache accepts too: 0 when a person or a failure asks)."""
     if not sync.spec.secret_ref:
         return None
-    path = f"/api/v1/namespaces/{sync.key.namespace}/secrets/{sync.spec.secret_ref}"
-    try:
-        # As the identity the sync applies as: a tenant cannot send a Secret it
-        # may not read to a URL of its choosing.
-        secret = ctx.client_for(sync).request("GET", path, deadline=deadline)
-    except KubeError as e:  # the Secret's problem, whatever the API said: not git's
-        raise AuthenticationFailed(
-            f"spec.secretRef: Secret {sync.key.namespace}/{sync.spec.secret_ref}: {e.message}"
-        ) from None
-    data = {
-        k: base64.b64decode(v).decode("utf-8", "replace")
-        for k, v in (secret.get("data") or {}).items()
-    }
+    name = sync.spec.secret_ref
+    path = f"/api/v1/namespaces/{sync.key.namespace}/secrets/{name}"
+
+    def read() -> dict[str, str]:
+        try:
+            # As the identity the sync applies as: a tenant cannot send a Secret it
+            # may not read to a URL of its choosing.
+            secret = ctx.client_for(sync).request("GET", path, deadline=deadline)
+        except KubeError as e:  # the Secret's problem, whatever the API said: not git's
+            raise AuthenticationFailed(
+                f"spec.secretRef: Secret {sync.key.namespace}/{name}: {e.message}"
+            ) from None
+        return {
+            k: base64.b64decode(v).decode("utf-8", "replace")
+            for k, v in (secret.get("data") or {}).items()
+        }
+
+    sa = sync.spec.service_account_name or ctx.settings.default_service_account
+    data = ctx.credentials(sync.key.namespace, name, sa, max_age, read)
     return GitCredentials.from_secret_data(data)
 
 
@@ -367,15 +381,36 @@ def _pipeline(run: Run, sync: Sync) -> Outcome:
         and not ctx.poked(run.key)  # a push webhook: ask git now
     ):
         return _await_health(run, sync, wait, exprs)  # git was asked less than an interval ago
+    drift = ctx.drift
+    if drift is not None:
+        for warning in drift.warnings(run.key):  # someone keeps taking fields back
+            run.event(WARNING, Reason.FIELD_MANAGER_CONFLICT, warning)
+    checkout: Checkout | None = None
+    if (
+        drift is not None
+        and not (spec_changed or asked)
+        and wait is None
+        and run.status.ready == "True"
+    ):
+        # The no-op test: git's answer (shared cache) and the watch cache say nothing
+        # changed since the last apply. No request, no write (issue 11).
+        ctx.check_running("fetch")
+        with in_stage(Stage.FETCH, timeout):
+            checkout = _fetch(run, sync, False, deadline)
+        if checkout.revision == run.status.last_applied_revision and drift.unchanged(
+            run.key, checkout.revision, sync.generation
+        ):
+            return Outcome(f"revision={checkout.revision} unchanged (watch cache)")
     with in_stage(Stage.DEPENDENCIES, timeout):
         _dependencies(run, sync, deadline)
     with in_stage(Stage.STATUS, timeout):
         if spec_changed:
             # kubectl wait right after a spec change must never see the old Ready.
             run.write(status.progressing(f"reconciling generation {sync.generation}"), deadline)
-    ctx.check_running("fetch")
-    with in_stage(Stage.FETCH, timeout):
-        checkout = _fetch(run, sync, spec_changed or asked, deadline)
+    if checkout is None:
+        ctx.check_running("fetch")
+        with in_stage(Stage.FETCH, timeout):
+            checkout = _fetch(run, sync, spec_changed or asked, deadline)
     if wait is not None:
         if waiting and checkout.revision == wait.revision:
             wait.fetched_at = time.monotonic()
@@ -388,6 +423,8 @@ def _pipeline(run: Run, sync: Sync) -> Outcome:
     with in_stage(Stage.OWNERSHIP, timeout):
         plan = _own(run, sync, manifests, deadline)
     ctx.check_running("apply")
+    if drift is not None:
+        drift.applying(run.key)  # its own writes are no drift
     with in_stage(Stage.APPLY, timeout):
         changes = _apply(run, sync, plan, old, checkout.revision, deadline)
     ctx.check_running("prune")  # never prune once shutdown began
@@ -397,6 +434,8 @@ def _pipeline(run: Run, sync: Sync) -> Outcome:
     _count(run, changes, drift=same)  # the same revision and spec again: writes were drift
     with in_stage(Stage.STATUS, timeout):
         _check_outcome(run, plan, pruned, final, changes, deadline)
+    if drift is not None:  # the baseline that watch events are compared with
+        drift.record(run.key, checkout.revision, sync.generation, changes.live)
     summary = f"revision={checkout.revision} {_counts(changes)}"
     if sync.spec.checks_health:
         with in_stage(Stage.HEALTH, timeout):
@@ -538,7 +577,7 @@ def _fetch(run: Run, sync: Sync, fresh: bool, deadline: Deadline) -> Checkout:
     failing = run.status.ready != "True"
     poked = run.ctx.poked(sync.key)  # a push webhook named it (receiver.py)
     max_age = 0.0 if fresh or failing or poked else sync.spec.interval
-    creds = _credentials(run.ctx, sync, deadline)
+    creds = _credentials(run.ctx, sync, deadline, max_age)
     checkout = run.ctx.source.fetch(
         sync.spec.url,
         sync.spec.ref,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import random
 import socket
 import threading
 import time
@@ -12,11 +13,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .alerts import Notifier, NotifySettings
-from .api import SyncKey
+from .api import SyncKey, SyncStatus, parse_spec
+from .constants import FIELD_MANAGER, LABEL_SYNC_NAME, LABEL_SYNC_NAMESPACE
 from .context import Context
+from .drift import Drift
+from .errors import InvalidSpec
 from .events import EventRecorder
 from .finalizer import finalize
-from .kube import Discovery, Kube, load_configuration
+from .kube import Discovery, Kube, Watcher, load_configuration
 from .metrics import Metrics, MetricsServer, listen
 from .notify.delivery import Policy
 from .receiver import Receiver
@@ -25,6 +29,7 @@ from .scheduler import Scheduler
 from .settings import Settings
 from .source import GitSource, SourceSettings
 from .status import StatusWriter
+from .syncs import SyncCache
 from .uninstall import crd_deleting, orphan_all
 
 log = logging.getLogger("gitferry.runtime")
@@ -76,14 +81,16 @@ class Runtime:
             ),
             observer=metrics.git_request,
         )
+        syncs = SyncCache(live=True)  # fed by Kopf's events (handlers.observed)
         ctx = Context(
             kube=kube,
             discovery=discovery,
             source=source,
             settings=settings,
-            status=StatusWriter(kube),
+            status=StatusWriter(kube, written=syncs.observe),
             events=EventRecorder(kube),
             metrics=metrics,
+            syncs=syncs,
         )
         notifier = Notifier(
             kube,
@@ -102,6 +109,16 @@ class Runtime:
         scheduler: Scheduler[SyncKey] = Scheduler(
             functools.partial(reconcile, ctx), settings.max_concurrent_reconciles
         )
+        if settings.drift_watches:
+            ctx.drift = Drift(None, scheduler.request_threadsafe, settings.full_verify_interval)
+            ctx.drift.cache = Watcher(
+                kube,
+                discovery,
+                label_selector=LABEL_SYNC_NAME,
+                field_manager=FIELD_MANAGER,
+                keep_labels=(LABEL_SYNC_NAME, LABEL_SYNC_NAMESPACE),
+                on_event=ctx.drift.on_watch_event,
+            )
         metrics.watch_scheduler(
             queued=lambda: scheduler.queued,
             running=lambda: scheduler.running,
@@ -121,6 +138,31 @@ class Runtime:
             "on" if receiver else "off",
         )
         return cls(ctx, scheduler, notifier, receiver, _listener=listener)
+
+    def observe(self, event_type: str | None, body: dict[str, Any]) -> None:
+        """A watch event of a sync (Kopf's): the sync cache keeps the newest body."""
+        if event_type == "DELETED":
+            meta = body.get("metadata") or {}
+            self.context.syncs.remove(
+                SyncKey(meta.get("namespace", ""), meta.get("name", "")), body
+            )
+        else:
+            self.context.syncs.observe(body)
+
+    def first_delay(self, body: dict[str, Any]) -> float:
+        """Seconds before a sync's first reconcile here: 0 for a new or changed
+        sync; for one already Ready at its generation (an operator restart), a
+        random point within min(its interval, GITFERRY_STARTUP_SPREAD), so that a
+        thousand syncs are re-verified spread out, not all at once."""
+        status = SyncStatus.from_dict(body.get("status"))
+        generation = int((body.get("metadata") or {}).get("generation") or 0)
+        if status.ready != "True" or status.observed_generation != generation:
+            return 0.0
+        try:
+            interval = parse_spec(body.get("spec") or {}).interval
+        except InvalidSpec:
+            return 0.0
+        return random.uniform(0.0, min(interval, self.context.settings.startup_spread))
 
     def not_ready(self) -> str | None:
         """Why the operator is not ready, or None: it is from its start (clients
@@ -186,6 +228,8 @@ class Runtime:
             while self._running_finalizers and time.monotonic() < end:
                 self._finalizing.wait(max(0.0, end - time.monotonic()))
         self.notifier.close()  # queued notifications are dropped; one in flight ends alone
+        if self.context.drift is not None:
+            self.context.drift.close()
         self.context.source.close()
         self.context.kube.close()
         if self._server is None and self._listener is not None:  # bound, never served

@@ -81,6 +81,7 @@ class Scheduler(Generic[K]):
         self._closing = threading.Event()
         self._running = 0
         self._idle = threading.Condition()
+        self._loop: asyncio.AbstractEventLoop | None = None  # the workers' loop
         self._threads = [
             threading.Thread(target=self._work, name=f"reconcile-{i}", daemon=True)
             for i in range(max_concurrent)
@@ -117,13 +118,28 @@ class Scheduler(Generic[K]):
         """The keys that have a worker here now (call it from the event loop)."""
         return frozenset(self._wake)
 
-    async def run(self, key: K, stopped: asyncio.Event) -> None:
-        """The worker of one sync: runs until `stopped` is set or the scheduler closes."""
+    def request_threadsafe(self, key: K, why: str) -> None:
+        """`request` from another thread (a watch, a timer): handed to the event loop."""
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody to wake
+                loop.call_soon_threadsafe(self.request, key, why)
+
+    async def run(self, key: K, stopped: asyncio.Event, first_in: float = 0.0) -> None:
+        """The worker of one sync: runs until `stopped` is set or the scheduler closes.
+
+        `first_in` (seconds) delays the first reconcile: an operator that restarts
+        with many syncs that were already reconciled spreads their re-verification
+        instead of starting them all at once (a requested reconcile still goes now)."""
         wake = self._wake[key] = asyncio.Event()
-        self._requested.add(key)  # a new worker reconciles at once, as requested
-        wake.set()
-        next_in: float | None = None
         loop = asyncio.get_running_loop()
+        self._loop = loop
+        next_in: float | None = None
+        if first_in > 0:
+            next_in = first_in
+        else:
+            self._requested.add(key)  # a new worker reconciles at once, as requested
+            wake.set()
         try:
             while not stopped.is_set() and not self._closing.is_set():
                 waiters = [

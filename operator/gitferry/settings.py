@@ -106,9 +106,9 @@ class Settings:
     # memory grows with the bytes read, so this bounds the operator's peak.
     max_concurrent_renders: int = 2
     apply_concurrency: int = 8
-    # Up to this fraction is added to each interval so that syncs created together
-    # do not all hit the git server in the same second.
-    interval_jitter: float = 0.05
+    # Each interval is moved by up to ± this fraction (Flux: ±10 %) so that syncs
+    # created together do not all hit the git server in the same second.
+    interval_jitter: float = 0.1
     # Untrusted-content bounds for rendering (limits.py) and for fetching.
     limits: Limits = field(default_factory=Limits)
     fetch_timeout: float = 60.0
@@ -144,6 +144,14 @@ class Settings:
     notify_attempts: int = 5
     notify_timeout: float = 15.0
     notify_queue_size: int = 100
+    # Watch what gitferry applied (drift in seconds, no-op reconciles for free).
+    drift_watches: bool = True
+    # Seconds between two full verifications (a dry-run of every object) of a sync
+    # that the watches say is unchanged: the safety net.
+    full_verify_interval: float = 3600.0
+    # Seconds over which an operator start spreads the first reconciles of syncs
+    # that were already Ready (no thundering herd after a restart).
+    startup_spread: float = 60.0
     # Test hook: exit hard between apply and prune (proves the inventory is crash-safe).
     crash_before_prune: bool = False
     # Push webhooks (receiver.py): the Secret (namespace, name) holding the forges'
@@ -165,7 +173,10 @@ class Settings:
             max_concurrent_reconciles=_int("GITFERRY_MAX_CONCURRENT_RECONCILES", 4),
             max_concurrent_renders=_int("GITFERRY_MAX_CONCURRENT_RENDERS", 2),
             apply_concurrency=_int("GITFERRY_APPLY_CONCURRENCY", 8),
-            interval_jitter=_float("GITFERRY_INTERVAL_JITTER", 0.05, 0.0),
+            interval_jitter=_float("GITFERRY_INTERVAL_JITTER", 0.1, 0.0),
+            drift_watches=_bool("GITFERRY_DRIFT_WATCHES", True),
+            full_verify_interval=_float("GITFERRY_FULL_VERIFY_INTERVAL", 3600.0, 1.0),
+            startup_spread=_float("GITFERRY_STARTUP_SPREAD", 60.0, 0.0),
             crash_before_prune=_bool("GITFERRY_TEST_CRASH_BEFORE_PRUNE", False),
             limits=Limits(
                 max_file_bytes=_int("GITFERRY_MAX_FILE_BYTES", Limits.max_file_bytes),

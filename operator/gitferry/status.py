@@ -9,6 +9,7 @@ while True; lastTransitionTime moves only when a condition's status flips.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 from .api import Condition, SyncKey, SyncStatus, now, sync_path
@@ -117,8 +118,10 @@ def merge_patch(old: SyncStatus, new: SyncStatus) -> dict[str, Any]:
 class StatusWriter:
     """Writes a sync's status subresource, and only when it changed."""
 
-    def __init__(self, kube: Kube) -> None:
+    def __init__(self, kube: Kube, written: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.kube = kube
+        # Told the sync as stored after each write (the sync cache, syncs.py).
+        self.written = written
 
     def write(
         self,
@@ -131,11 +134,13 @@ class StatusWriter:
         is. Raises KubeError when the API server refuses the patch."""
         if same(old, new):
             return old
-        self.kube.request(
+        stored = self.kube.request(
             "PATCH",
             f"{sync_path(key)}/status",
             deadline=deadline,
             body=merge_patch(old, new),
             content_type=MERGE_PATCH,
         )
+        if self.written is not None:
+            self.written(stored)
         return new

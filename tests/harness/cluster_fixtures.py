@@ -117,6 +117,23 @@ class Cluster:
             pytest.fail("CI runs on the local control plane, whose audit log is missing here")
         return self.control_plane is not None
 
+    def audit_requests(self, user: str, since: float) -> list[dict[str, Any]]:
+        """Every request `user` made since `since` (time.time()) but watches (long
+        lived, opened once): what a reconcile asked the API server."""
+        assert self.control_plane is not None, (
+            "the audit log exists only on the local control plane"
+        )
+        out = []
+        for ev in self.control_plane.audit_events():
+            if ev.get("stage") != "ResponseComplete" or ev.get("verb") == "watch":
+                continue
+            if (ev.get("user") or {}).get("username") != user:  # type: ignore[union-attr]
+                continue
+            if _epoch(str(ev.get("requestReceivedTimestamp", ""))) < since:
+                continue
+            out.append(ev)
+        return out
+
     def audit_writes(self, user: str, since: float) -> list[dict[str, Any]]:
         """Writes (not dry-run) that `user` made since `since` (time.time())."""
         assert self.control_plane is not None, (

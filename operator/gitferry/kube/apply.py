@@ -82,6 +82,10 @@ class Change:
 @dataclass
 class ChangeSet:
     changes: list[Change] = field(default_factory=list)
+    # Each object as the API server returned it after this apply (the apply's
+    # response, or the live object when nothing was written): its managedFields
+    # are the baseline that drift detection compares watch events with.
+    live: dict[ObjRef, dict[str, Any]] = field(default_factory=dict)
 
     def count(self, action: Action) -> int:
         return sum(1 for c in self.changes if c.action == action)
@@ -202,7 +206,7 @@ class Engine:
             live, self.options.field_manager, str(it.obj.get("apiVersion")), applying
         )
 
-    def _recreate(self, it: Item, deadline: Deadline) -> None:
+    def _recreate(self, it: Item, deadline: Deadline) -> dict[str, Any]:
         res = self.resource_for(it.obj)
         assert res is not None
         path = res.path(it.ref.namespace, it.ref.name)
@@ -222,7 +226,7 @@ class Engine:
                 raise
             deadline.remaining(f"waiting for {it.ref} to be deleted for recreation")
             time.sleep(0.2)
-        self._apply(it, deadline, dry_run=False)
+        return self._apply(it, deadline, dry_run=False)
 
     def apply(
         self,
@@ -236,7 +240,7 @@ class Engine:
         for stage in stages(items):
             missing = [it for it in stage if it.ref not in live]
             live.update(self.read_live(missing, deadline))
-            changes = self._apply_stage(stage, live, deadline)
+            changes = self._apply_stage(stage, live, deadline, result.live)
             result.changes += changes
             # Only CRDs this stage wrote can be new to the API: an unchanged one costs
             # no wait and no discovery refresh.
@@ -252,8 +256,13 @@ class Engine:
         return result
 
     def _apply_stage(
-        self, stage: list[Item], live: dict[ObjRef, dict[str, Any] | None], deadline: Deadline
+        self,
+        stage: list[Item],
+        live: dict[ObjRef, dict[str, Any] | None],
+        deadline: Deadline,
+        after: dict[ObjRef, dict[str, Any]],
     ) -> list[Change]:
+        """Dry-run, then write, one stage; `after` receives each object as it now is."""
         dry_runs: dict[ObjRef, dict[str, Any]] = {}  # what each dry-run returned
 
         # 1. Dry-run everything; collect every failure.
@@ -324,15 +333,16 @@ class Engine:
             def write(pair: tuple[Item, str]) -> Change:
                 it, what = pair
                 version = it.obj.get("apiVersion", "").rpartition("/")[2]
-                if what == "skip":
-                    return Change(it.ref, Action.SKIPPED, version)
-                if what == "unchanged":
-                    return Change(it.ref, Action.UNCHANGED, version)
+                current = live.get(it.ref)
+                if what in ("skip", "unchanged"):
+                    if current is not None:
+                        after[it.ref] = current
+                    action = Action.SKIPPED if what == "skip" else Action.UNCHANGED
+                    return Change(it.ref, action, version)
                 try:
                     if what == "recreate":
-                        self._recreate(it, deadline)
+                        after[it.ref] = self._recreate(it, deadline)
                         return Change(it.ref, Action.RECREATED, version)
-                    current = live.get(it.ref)
                     patch = (
                         self._takeover(it, current, dry_runs[it.ref])
                         if it.take_over and current and it.ref in dry_runs
@@ -344,7 +354,7 @@ class Engine:
                         self.kube.request("PATCH", res.path(it.ref.namespace, it.ref.name),
                                           deadline=deadline, body=patch,
                                           content_type=JSON_PATCH)  # fmt: skip
-                    self._apply(it, deadline, dry_run=False)
+                    after[it.ref] = self._apply(it, deadline, dry_run=False)
                 except KubeError as e:
                     raise ApplyError(f"{it.where()}: {e.message}") from None
                 action = Action.CREATED if what == "create" else Action.CONFIGURED
