@@ -179,6 +179,8 @@ class Drift:
             self._pending.pop(key, None)
             for k in [k for k in self._fights if k[0] == key]:
                 del self._fights[k]
+        if self.cache is not None:  # kinds no sync holds any more stop being watched
+            self.cache.retain(self.kinds())
 
     def kinds(self) -> set[tuple[str, str]]:
         """Every kind some baseline holds: the watches to keep."""
