@@ -78,7 +78,7 @@ def check(
             + "; remove one of these dependsOn entries"
         )  # fmt: skip
     for dep in dependencies:
-        why = not_ready(cached(dep))
+        why = not_ready(cached(dep), detail=dep.namespace == key.namespace)
         if why:
             raise DependencyNotReady(f"dependency {dep} is not ready: {why}")
 
@@ -117,20 +117,31 @@ def find_cycle(
     return None
 
 
-def not_ready(body: dict[str, Any] | None) -> str | None:
-    """Why a dependency (its raw body) is not ready, or None when it is."""
+def not_ready(body: dict[str, Any] | None, detail: bool = True) -> str | None:
+    """Why a dependency (its raw body) is not ready, or None when it is.
+
+    `detail`: quote its failure message (same namespace only: a tenant must not
+    read another namespace's errors by naming its sync). A dependency that is
+    still progressing is named by its reason alone, so that its progress does
+    not rewrite the dependent's status at every step. A suspended dependency
+    that applied a revision counts as ready, as in Flux (suspending a
+    platform sync must not stop every app that needs it)."""
     if body is None:
         return "not found"
     meta = body.get("metadata") or {}
     generation = int(meta.get("generation") or 0)
     status = SyncStatus.from_dict(body.get("status"))
     ready = status.condition(READY)
+    if (body.get("spec") or {}).get("suspend"):
+        if status.last_applied_revision:
+            return None
+        return "suspended (spec.suspend is true) before it applied anything"
     if status.observed_generation != generation or ready is None:
         return f"generation {generation} has not been reconciled yet"
-    if (body.get("spec") or {}).get("suspend"):
-        return "suspended (spec.suspend is true)"
+    if ready.status == "Unknown":
+        return f"{ready.reason or 'Progressing'}"
     if ready.status != "True":
-        return f"{ready.reason}: {_first_line(ready.message)}"
+        return f"{ready.reason}: {_first_line(ready.message)}" if detail else ready.reason
     if (
         status.last_attempted_revision
         and status.last_applied_revision != status.last_attempted_revision

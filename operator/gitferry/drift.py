@@ -131,6 +131,7 @@ class Drift:
         self._warnings: dict[SyncKey, list[str]] = {}
         self._due: list[tuple[float, str, SyncKey]] = []  # heap of (when, why, key)
         self._pending: dict[SyncKey, float] = {}
+        self._dirty: set[SyncKey] = set()  # syncs asked to reconcile for drift
         self._lock = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="drift", daemon=True)
@@ -177,6 +178,7 @@ class Drift:
             self._baselines.pop(key, None)
             self._warnings.pop(key, None)
             self._pending.pop(key, None)
+            self._dirty.discard(key)
             for k in [k for k in self._fights if k[0] == key]:
                 del self._fights[k]
         if self.cache is not None:  # kinds no sync holds any more stop being watched
@@ -208,6 +210,15 @@ class Drift:
             if meta is None or meta.uid != uid or meta.deleting or meta.fields != fields:
                 return False
         return True
+
+    def take_dirty(self, key: SyncKey) -> bool:
+        """True once after drift asked for a reconcile of `key`: that reconcile
+        must apply (even one that would only look at health)."""
+        with self._lock:
+            if key in self._dirty:
+                self._dirty.discard(key)
+                return True
+            return False
 
     def warnings(self, key: SyncKey) -> list[str]:
         """Warnings about fights over this sync's objects, not yet posted (each once)."""
@@ -303,6 +314,7 @@ class Drift:
                 if self._pending.get(key) != when:
                     continue  # superseded by a sooner request
                 del self._pending[key]
+                self._dirty.add(key)
             try:
                 self.request(key, f"drift ({how})")
             except Exception:

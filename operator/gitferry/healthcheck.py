@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from . import health
 from .api import HealthCheckRef, InventoryEntry
@@ -27,6 +28,9 @@ log = logging.getLogger("gitferry.healthcheck")
 MAX_PODS = 50
 # Objects named in a message; the rest are counted.
 MAX_LISTED = 10
+# What the Deployment controller writes to tell a Deployment's ReplicaSets apart.
+REVISION = "deployment.kubernetes.io/revision"
+POD_TEMPLATE_HASH = "pod-template-hash"
 
 
 @dataclass(frozen=True)
@@ -75,8 +79,9 @@ def check(
     current: set[ObjRef] = set()
     pending: list[tuple[ObjRef, health.Health]] = []
     failed: list[tuple[ObjRef, health.Health]] = []
+    refreshed = [False]  # discovery is refreshed at most once per look
     for ref in refs:
-        verdict = _judge(client, discovery, ref, exprs, deadline)
+        verdict = _judge(client, discovery, ref, exprs, deadline, refreshed)
         if verdict.status == health.Status.CURRENT:
             current.add(ref)
         elif verdict.status == health.Status.FAILED:
@@ -92,9 +97,11 @@ def _judge(
     ref: ObjRef,
     exprs: health.Exprs | None,
     deadline: Deadline,
+    refreshed: list[bool],
 ) -> health.Health:
     res = discovery.for_group_kind(ref.group, ref.kind)
-    if res is None:
+    if res is None and not refreshed[0]:
+        refreshed[0] = True
         discovery.refresh(deadline)  # a CRD established since the last look
         res = discovery.for_group_kind(ref.group, ref.kind)
     if res is None:
@@ -112,6 +119,10 @@ def _judge(
     if selector is None or not ref.namespace:
         return verdict
     try:
+        if (ref.group, ref.kind) == ("apps", "Deployment"):
+            selector = _newest_pods(client, ref, obj, selector, deadline)
+            if selector is None:
+                return verdict
         pods = client.request(
             "GET",
             f"/api/v1/namespaces/{ref.namespace}/pods",
@@ -122,6 +133,36 @@ def _judge(
         log.info("action=health-pods object=%s error=%s", ref, e.message)
         return verdict
     return health.with_pods(verdict, pods.get("items") or [])
+
+
+def _newest_pods(
+    client: Kube, ref: ObjRef, obj: dict[str, Any], selector: str, deadline: Deadline
+) -> str | None:
+    """The selector of a Deployment's current Pods: those of its newest
+    ReplicaSet (the one whose `deployment.kubernetes.io/revision` is the
+    Deployment's), so that a crash-looping Pod of the revision being replaced
+    never fails the rollout of its fix. None while the controller has not
+    observed the Deployment's generation yet (its ReplicaSet may not exist)."""
+    meta = obj.get("metadata") or {}
+    observed = (obj.get("status") or {}).get("observedGeneration")
+    if observed != meta.get("generation"):
+        return None
+    revision = (meta.get("annotations") or {}).get(REVISION)
+    if not revision:
+        return None
+    sets = client.request(
+        "GET",
+        f"/apis/apps/v1/namespaces/{ref.namespace}/replicasets",
+        deadline=deadline,
+        query={"labelSelector": selector},
+    )
+    for rs in sets.get("items") or []:
+        rs_meta = rs.get("metadata") or {}
+        owned = any(o.get("uid") == meta.get("uid") for o in rs_meta.get("ownerReferences") or [])
+        if owned and (rs_meta.get("annotations") or {}).get(REVISION) == revision:
+            template_hash = (rs_meta.get("labels") or {}).get(POD_TEMPLATE_HASH)
+            return f"{selector},{POD_TEMPLATE_HASH}={template_hash}" if template_hash else None
+    return None
 
 
 def describe(items: Sequence[tuple[ObjRef, health.Health]]) -> str:

@@ -36,15 +36,25 @@ from .render import SubstitutionError, check_variable_names
 KINDS = {"ConfigMap": "configmaps", "Secret": "secrets"}
 
 
-def variables(client: Kube, namespace: str, spec: PostBuild, deadline: Deadline) -> dict[str, str]:
+def variables(
+    client: Kube,
+    namespace: str,
+    spec: PostBuild,
+    deadline: Deadline,
+    secret_values: set[str] | None = None,
+) -> dict[str, str]:
     """The variables of spec.postBuild for a sync in `namespace`, read with
-    `client` (the sync's identity). Raises SubstitutionFailed (an object missing
-    or unreadable, a key that is no variable name, a Secret value that is not
-    UTF-8 text) or DeadlineExceeded."""
+    `client` (the sync's identity). Every value read from a Secret is added to
+    `secret_values`, so that the caller can keep it out of every message (an
+    API server's validation error quotes the value it refused). Raises
+    SubstitutionFailed (an object missing or unreadable, a key that is no
+    variable name, a Secret value that is not UTF-8 text) or DeadlineExceeded."""
     found: dict[str, str] = {}
     for i, ref in enumerate(spec.substitute_from):
         data = _read(client, namespace, ref, f"spec.postBuild.substituteFrom[{i}]", deadline)
         found.update(data)
+        if ref.kind == "Secret" and secret_values is not None:
+            secret_values.update(v.replace("\n", "") for v in data.values())
     _check_names(spec.substitute, "spec.postBuild.substitute")
     found.update(spec.substitute)  # substitute wins over substituteFrom
     return {name: value.replace("\n", "") for name, value in found.items()}

@@ -113,6 +113,10 @@ class Outcome:
     again_in: float | None = None
 
 
+# Shorter Secret values are not scrubbed from messages: "1" would mangle them all.
+MIN_SCRUBBED = 4
+
+
 def _jitter(seconds: float, fraction: float) -> float:
     """`seconds` ± `fraction` (Flux's interval jitter): syncs created together
     drift apart instead of hitting git and the API server in the same second."""
@@ -137,6 +141,8 @@ class Run:
         self.fields: dict[str, Any] = {}
         # Added to the "applying" message: why a health check in progress ended.
         self.note = ""
+        # Values read from Secrets for postBuild: kept out of every message.
+        self.secrets: set[str] = set()
         self.url = ""  # the spec's git URL, once the spec parsed (for reports)
         # Who changed what in the revision fetched (commit subject, author, paths).
         self.info: RevisionInfo | None = None
@@ -149,6 +155,8 @@ class Run:
         """Write the status with `conditions` and SyncStatus `fields`; a no-op when
         nothing changed. Raises KubeError."""
         fields = {**self.fields, **fields}
+        if self.secrets:
+            conditions = [dataclasses.replace(c, message=self.scrub(c.message)) for c in conditions]
         if self.meta.requested_at:
             fields.setdefault("last_handled_reconcile_at", self.meta.requested_at)
         new = status.with_conditions(self.status, conditions, self.meta.generation, **fields)
@@ -168,8 +176,17 @@ class Run:
         for k, kv in metadata.items():
             self.parent.setdefault(k, {}).update(kv)
 
+    def scrub(self, text: str) -> str:
+        """`text` with every Secret value of this reconcile's postBuild (4
+        characters or more) replaced by `***`: an API server's validation error
+        quotes the value it refused."""
+        for value in sorted(self.secrets, key=len, reverse=True):
+            if len(value) >= MIN_SCRUBBED and value in text:
+                text = text.replace(value, "***")
+        return text
+
     def event(self, type_: str, reason: str, message: str) -> None:
-        self.ctx.events.post(self.key, self.meta.uid, type_, reason, message)
+        self.ctx.events.post(self.key, self.meta.uid, type_, reason, self.scrub(message))
 
     def about(self, revision: str) -> RevisionInfo | None:
         """What git says about `revision` (subject, author, paths), when it was read."""
@@ -197,7 +214,7 @@ class Run:
                 revision=revision,
                 phase=phase,
                 reason=reason,
-                message=message,
+                message=self.scrub(message),
                 changes=tuple(
                     f"{c.ref} {c.action.value}" for c in (changes.changes if changes else ())
                     if c.action not in (Action.UNCHANGED, Action.SKIPPED)
@@ -240,6 +257,7 @@ def _reconcile(ctx: Context, key: SyncKey) -> Result:
             with in_stage(Stage.STATUS):
                 run.write(status.suspended())
             ctx.succeeded(key)  # no failure streak or wait survives a suspend
+            ctx.set_wait(key, None)
             _observe(run, "success", Reason.SUSPENDED, suspended=True)
             return Result(True, _jitter(sync.spec.interval, ctx.settings.interval_jitter))
         outcome = _pipeline(run, sync)
@@ -282,6 +300,7 @@ def _observe(run: Run, result: ReconcileResult, reason: str, suspended: bool = F
 
 
 def _fail(run: Run, error: SyncError) -> None:
+    error.message = run.scrub(error.message)  # the log, status, Event and reports alike
     log.warning(
         "sync=%s action=reconcile reason=%s duration_ms=%d error=%s",
         run.key,
@@ -372,6 +391,8 @@ def _pipeline(run: Run, sync: Sync) -> Outcome:
     asked = (
         sync.requested_at is not None and sync.requested_at != run.status.last_handled_reconcile_at
     )
+    drift = ctx.drift
+    drifted = drift is not None and drift.take_dirty(run.key)
     wait = ctx.wait_of(run.key)
     waiting = wait is not None and wait.generation == sync.generation and not asked
     if (
@@ -379,9 +400,9 @@ def _pipeline(run: Run, sync: Sync) -> Outcome:
         and waiting
         and time.monotonic() - wait.fetched_at < sync.spec.interval
         and not ctx.poked(run.key)  # a push webhook: ask git now
+        and not drifted  # someone changed what was applied: apply again
     ):
         return _await_health(run, sync, wait, exprs)  # git was asked less than an interval ago
-    drift = ctx.drift
     if drift is not None:
         for warning in drift.warnings(run.key):  # someone keeps taking fields back
             run.event(WARNING, Reason.FIELD_MANAGER_CONFLICT, warning)
@@ -411,11 +432,14 @@ def _pipeline(run: Run, sync: Sync) -> Outcome:
         ctx.check_running("fetch")
         with in_stage(Stage.FETCH, timeout):
             checkout = _fetch(run, sync, spec_changed or asked, deadline)
+    kept: Wait | None = None  # a wait that goes on after this apply (same revision)
     if wait is not None:
         if waiting and checkout.revision == wait.revision:
-            wait.fetched_at = time.monotonic()
-            return _await_health(run, sync, wait, exprs)
-        _supersede(run, sync, wait, checkout.revision, spec_changed, asked)
+            # The interval, or drift, during a wait: apply again (drift is
+            # corrected), then keep waiting until the same deadline.
+            kept = wait
+        else:
+            _supersede(run, sync, wait, checkout.revision, spec_changed, asked)
     with in_stage(Stage.RENDER, timeout):
         manifests = _render(run, sync, checkout, deadline)
     with in_stage(Stage.PRUNE, timeout):  # reading what the sync owned is prune's business
@@ -443,7 +467,8 @@ def _pipeline(run: Run, sync: Sync) -> Outcome:
                 plan.entries, sync.spec.health_checks, ctx.discovery, sync.key.namespace
             )
         run.fields["inventory"] = final
-        wait = Wait(checkout.revision, sync.generation, run.started + timeout, targets,
+        until = kept.until if kept is not None else run.started + timeout
+        wait = Wait(checkout.revision, sync.generation, until, targets,
                     fetched_at=time.monotonic(), changes=changes, info=run.info)  # fmt: skip
         if changes.changed:
             run.event(NORMAL, "Progressing", run.changes_message(checkout.revision, changes))
@@ -521,8 +546,14 @@ def _await_health(
         run.info = wait.info
     with in_stage(Stage.HEALTH, timeout):
         todo = [ref for ref in wait.targets if ref not in wait.healthy]
-        report = healthcheck.check(ctx.client_for(sync), ctx.discovery, todo, exprs, deadline)
+        client = ctx.client_for(sync)
+        report = healthcheck.check(client, ctx.discovery, todo, exprs, deadline)
         wait.healthy = wait.healthy | report.current
+        if report.done and len(todo) < len(wait.targets):
+            # kstatus: healthy means every object Current at once. Those seen
+            # Current earlier may have broken (or gone) since: one look at all.
+            report = healthcheck.check(client, ctx.discovery, wait.targets, exprs, deadline)
+            wait.healthy = report.current
         total = len(wait.targets)
         if report.failed:
             ctx.set_wait(run.key, None)
@@ -614,7 +645,9 @@ def _render(run: Run, sync: Sync, checkout: Checkout, deadline: Deadline) -> lis
     variables = None
     if sync.spec.post_build is not None:  # read before taking a render slot: cluster I/O
         client = ctx.client_for(sync)  # a tenant reads only what it may read
-        variables = postbuild.variables(client, sync.key.namespace, sync.spec.post_build, deadline)
+        variables = postbuild.variables(
+            client, sync.key.namespace, sync.spec.post_build, deadline, run.secrets
+        )
     slot = ctx.render_slot(deadline)
     try:
         manifests = render(checkout.path, sync.spec.path, ctx.settings.limits, deadline)

@@ -191,3 +191,18 @@ def test_pod_annotated_crash_is_in_crash_loop_back_off(cluster: Cluster, namespa
     assert status["lastState"]["terminated"]["exitCode"] != 0
     # As a kubelet reports it: the Pod runs, its container keeps failing.
     assert pod["status"]["phase"] == "Running"
+
+
+def test_the_fake_node_keeps_its_lease_and_stays_ready(cluster: Cluster) -> None:
+    """kwok renews the Node's Lease as a kubelet does; without it the Node controller
+    marks the Node NotReady 40 s after its last heartbeat, and every Pod unready."""
+    from tests.harness.controlplane import NODE_NAME
+
+    def renew_time() -> str | None:
+        lease = cluster.get("lease", NODE_NAME, "kube-node-lease")
+        return ((lease or {}).get("spec") or {}).get("renewTime")
+
+    first = wait_for("the fake Node's Lease", renew_time, timeout=30)
+    wait_for("the Lease to be renewed", lambda: renew_time() not in (None, first), timeout=60)
+    node = cluster.get("node", NODE_NAME)
+    assert pod_condition(node, "Ready") == "True"

@@ -159,3 +159,25 @@ def test_a_missing_variable_is_empty_when_the_operator_opts_out_of_strict(
     wait_condition(cluster, "lenient", namespace, revision_sha=sha)
     c = cluster.get("configmap", "c", namespace)
     assert c is not None and c["data"]["v"] == "ab"
+
+
+def test_a_secret_value_refused_by_the_api_server_is_not_quoted(
+    operator: Operator, namespace: str, repo_factory: RepoFactory
+) -> None:
+    cluster = operator.cluster
+    value = "hunter2 " + secrets.token_hex(6)  # spaces: no valid label value
+    put_secret(cluster, namespace, {"label": value}, name="cluster-secrets")
+    repo = repo_factory("refused")
+    repo.commit(
+        {"c.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\n"
+                   "  labels: {team: '${label}'}\ndata: {v: '1'}\n"},
+        "a label from a Secret",
+    )  # fmt: skip
+    repo.push()
+    create_sync(cluster, "refused", namespace, repo.bare.file_url, retryInterval="1h",
+                postBuild={"substituteFrom": [{"kind": "Secret", "name": "cluster-secrets"}]})  # fmt: skip
+    sync = wait_condition(cluster, "refused", namespace, status="False", reason="ApplyFailed")
+    ready = condition(sync, "Ready")
+    assert ready is not None and "***" in ready["message"], ready["message"]
+    text = json.dumps(sync["status"]) + json.dumps(events_for(cluster, "refused", namespace))
+    assert value not in text and value not in operator.log()

@@ -355,3 +355,26 @@ def set_status(
         "patch", f"{plural}.{group}", name, "-n", namespace, "--subresource=status",
         "--type=merge", "-p", json.dumps({"status": status}),
     )  # fmt: skip
+
+
+def test_the_fix_of_a_crash_looping_deployment_is_not_failed_by_the_old_pods(
+    operator: Operator, namespace: str, repo_factory: RepoFactory
+) -> None:
+    cluster = operator.cluster
+    repo = repo_factory("fixit")
+    repo.commit({"web.yaml": deployment("web", behaviour="crash")}, "a crashing image")
+    repo.push()
+    create_sync(cluster, "web", namespace, repo.bare.file_url, wait=True, timeout="2m",
+                interval="1h", retryInterval="1h")  # fmt: skip
+    wait_condition(cluster, "web", namespace, status="False", reason="HealthCheckFailed",
+                   timeout=60)  # fmt: skip
+    fixed = repo.commit({"web.yaml": deployment("web")}, "the fix")
+    repo.push()
+    request_reconcile(cluster, "web", namespace)
+    wait_condition(cluster, "web", namespace, revision_sha=fixed, timeout=60)
+    # No failure was reported for the fix, though old Pods crash-looped during its rollout.
+    failed_fix = [
+        e for e in events_for(cluster, "web", namespace)
+        if e["type"] == "Warning" and fixed in e["message"]
+    ]  # fmt: skip
+    assert failed_fix == []

@@ -265,6 +265,11 @@ class ControlPlane:
             "--manage-nodes-with-annotation-selector={}={}".format(*FAKE_NODE_ANNOTATION),
             f"--cidr={POD_CIDR}",
             f"--node-ip={NODE_IP}",
+            # kwok's node-heartbeat-with-lease Stage writes the Node's status only
+            # every 10 minutes and relies on a Lease: without this kwok keeps none,
+            # and kube-controller-manager marks the Node NotReady after its 40 s
+            # grace period (its Pods then report Ready=False).
+            "--node-lease-duration-seconds=40",
             f"--config={bin_dir.parent / 'kwok-stages.yaml'}",
             f"--config={TEST_POD_STAGES}",
         ], env={"KWOK_WORKDIR": str(d / "kwok")})  # fmt: skip

@@ -82,10 +82,10 @@ def test_ready_dependency_passes() -> None:
             ),
             "HealthCheckFailed: Deployment/apps/web: x",
         ),
-        (body(B, ready="Unknown", reason="Progressing", message="waiting"), "Progressing: waiting"),
+        (body(B, ready="Unknown", reason="Progressing", message="waiting"), "Progressing"),
         (
-            body(B, ready="False", suspend=True, reason="Suspended", message="suspended: …"),
-            "suspended (spec.suspend is true)",
+            body(B, ready="False", suspend=True, reason="Suspended", applied=""),
+            "suspended (spec.suspend is true) before it applied anything",
         ),
         (
             body(B, attempted="main@sha1:2", applied="main@sha1:1"),
@@ -152,3 +152,14 @@ def test_cross_namespace_refused_when_turned_off() -> None:
     check(A, (PLATFORM,), reader({PLATFORM: body(PLATFORM)}))
     with pytest.raises(InvalidSpec, match="platform/infra is in another namespace"):
         check(A, (PLATFORM,), reader({PLATFORM: body(PLATFORM)}), allow_cross_namespace=False)
+
+
+def test_a_suspended_dependency_that_applied_is_ready() -> None:
+    check(A, (B,), reader({B: body(B, ready="False", suspend=True, reason="Suspended")}))
+
+
+def test_another_namespace_s_failure_message_is_not_quoted() -> None:
+    dep = body(PLATFORM, ready="False", reason="ApplyFailed", message="secret stuff")
+    with pytest.raises(DependencyNotReady) as e:
+        check(A, (PLATFORM,), reader({PLATFORM: dep}))
+    assert str(e.value) == "dependency platform/infra is not ready: ApplyFailed"
