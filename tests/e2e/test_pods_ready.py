@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import time
 from typing import Any
 
@@ -16,58 +15,10 @@ import pytest
 from tests.harness.cluster_fixtures import Cluster, Operator, wait_for
 from tests.harness.controlplane import FAKE_POD_ANNOTATION, POD_CIDR
 from tests.harness.git_fixtures import RepoFactory
-from tests.harness.manifests import IMAGE
+from tests.harness.manifests import IMAGE, deployment, job
 from tests.harness.syncs import create_sync, wait_condition
 
-pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(autouse=True)
-def _kwok_runs_the_pods(cluster: Cluster) -> None:
-    """These are facts of the local control plane, whose kubelet is kwok. Elsewhere a
-    real kubelet would try to pull the image (registry.invalid) and knows no
-    `gitferry.dev/test-pod` annotation."""
-    if cluster.control_plane is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI=true: Pods run on kwok only on the local control plane")
-        pytest.skip("Pods run on kwok only on the local control plane")
-
-
-def deployment(name: str, replicas: int) -> str:
-    return json.dumps(
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": name},
-            "spec": {
-                "replicas": replicas,
-                "selector": {"matchLabels": {"app": name}},
-                "template": {
-                    "metadata": {"labels": {"app": name}},
-                    "spec": {"containers": [{"name": name, "image": IMAGE}]},
-                },
-            },
-        }
-    )
-
-
-def job(name: str) -> str:
-    return json.dumps(
-        {
-            "apiVersion": "batch/v1",
-            "kind": "Job",
-            "metadata": {"name": name},
-            "spec": {
-                "backoffLimit": 0,
-                "template": {
-                    "spec": {
-                        "restartPolicy": "Never",
-                        "containers": [{"name": name, "image": IMAGE}],
-                    }
-                },
-            },
-        }
-    )
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("kwok_pods")]
 
 
 def annotated_pod(name: str, namespace: str, behaviour: str) -> dict[str, Any]:
@@ -101,7 +52,7 @@ def test_deployment_applied_by_a_sync_gets_all_its_replicas_ready(
 ) -> None:
     cluster = operator.cluster
     repo = repo_factory("app")
-    sha = repo.commit({"deploy/web.yaml": deployment("web", 3)}, "three replicas")
+    sha = repo.commit({"deploy/web.yaml": deployment("web", replicas=3)}, "three replicas")
     repo.push()
     create_sync(cluster, "web", namespace, repo.bare.file_url, path="deploy")
     wait_condition(cluster, "web", namespace, revision_sha=sha)

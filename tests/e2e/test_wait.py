@@ -6,16 +6,14 @@ object that is not healthy and why, and a new commit supersedes a wait at once."
 from __future__ import annotations
 
 import json
-import os
 import time
 from typing import Any
 
 import pytest
 
 from tests.harness.cluster_fixtures import Cluster, Operator, wait_for
-from tests.harness.controlplane import FAKE_POD_ANNOTATION
 from tests.harness.git_fixtures import RepoFactory
-from tests.harness.manifests import IMAGE, config_map, widget, widget_crd
+from tests.harness.manifests import config_map, deployment, job, widget, widget_crd
 from tests.harness.syncs import (
     condition,
     create_sync,
@@ -25,60 +23,7 @@ from tests.harness.syncs import (
     wait_event,
 )
 
-pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(autouse=True)
-def _kwok_runs_the_pods(cluster: Cluster) -> None:
-    if cluster.control_plane is None:  # a real kubelet would try to pull the image
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI=true: Pods run on kwok only on the local control plane")
-        pytest.skip("Pods run on kwok only on the local control plane")
-
-
-def deployment(name: str, replicas: int = 1, behaviour: str | None = None) -> str:
-    """A Deployment whose Pods kwok makes Ready, or (`behaviour`) never-ready / crash."""
-    template: dict[str, Any] = {"labels": {"app": name}}
-    if behaviour:
-        template["annotations"] = {FAKE_POD_ANNOTATION: behaviour}
-    return json.dumps(
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": name},
-            "spec": {
-                "replicas": replicas,
-                "selector": {"matchLabels": {"app": name}},
-                "template": {
-                    "metadata": template,
-                    "spec": {"containers": [{"name": name, "image": IMAGE}]},
-                },
-            },
-        }
-    )
-
-
-def job(name: str, behaviour: str | None = None) -> str:
-    template: dict[str, Any] = {}
-    if behaviour:
-        template["annotations"] = {FAKE_POD_ANNOTATION: behaviour}
-    return json.dumps(
-        {
-            "apiVersion": "batch/v1",
-            "kind": "Job",
-            "metadata": {"name": name},
-            "spec": {
-                "backoffLimit": 0,
-                "template": {
-                    "metadata": template,
-                    "spec": {
-                        "restartPolicy": "Never",
-                        "containers": [{"name": name, "image": IMAGE}],
-                    },
-                },
-            },
-        }
-    )
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("kwok_pods")]
 
 
 def message(sync: dict[str, Any] | None, type_: str = "Ready") -> str:
@@ -107,7 +52,7 @@ def test_deployment_sync_is_ready_after_its_pods_not_before(
 ) -> None:
     cluster = operator.cluster
     repo = repo_factory("web")
-    sha = repo.commit({"web.yaml": deployment("web", 3)}, "three replicas")
+    sha = repo.commit({"web.yaml": deployment("web", replicas=3)}, "three replicas")
     repo.push()
     create_sync(cluster, "web", namespace, repo.bare.file_url, wait=True, timeout="2m")
     # The wait is the documented way to wait for a rollout: kubectl wait on the sync.

@@ -43,6 +43,7 @@ __all__ = [
     "cluster",
     "deleted_afterwards",
     "gitferry_installed",
+    "kwok_pods",
     "namespace",
     "operator",
     "operator_factory",
@@ -496,6 +497,17 @@ def operator_factory(
 def operator(operator_factory: Callable[..., Operator], namespace: str) -> Operator:
     """gitferry watching this test's namespace."""
     return operator_factory(namespace)
+
+
+@pytest.fixture
+def kwok_pods(cluster: Cluster) -> None:
+    """Pods run on kwok, which only the local control plane has: a real kubelet
+    would try to pull the images (registry.invalid) and knows no
+    `gitferry.dev/test-pod` annotation. CI always runs there: a missing kwok fails."""
+    if cluster.control_plane is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true: Pods run on kwok only on the local control plane")
+        pytest.skip("Pods run on kwok only on the local control plane")
 
 
 @pytest.fixture

@@ -10,6 +10,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+# kwok's behaviour for a Pod that carries it (hack/controlplane/kwok/test-pod-stages.yaml):
+# "never-ready", "crash" (CrashLoopBackOff) or "fail" (phase Failed).
+from tests.harness.controlplane import FAKE_POD_ANNOTATION
+
 IMAGE = "registry.invalid/web:1"  # never pulled: kwok only pretends to run it
 
 
@@ -58,21 +62,47 @@ def service(name: str, namespace: str | None = None) -> str:
     )
 
 
-def deployment(name: str, template_labels: dict[str, str] | None = None) -> str:
-    """One replica of `app: <name>`; `template_labels` go on the pod template as well."""
+def _pod_template(name: str, labels: dict[str, str], behaviour: str | None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"labels": labels} if labels else {}
+    if behaviour:
+        meta["annotations"] = {FAKE_POD_ANNOTATION: behaviour}
+    return {"metadata": meta, "spec": {"containers": [{"name": name, "image": IMAGE}]}}
+
+
+def deployment(
+    name: str,
+    template_labels: dict[str, str] | None = None,
+    *,
+    replicas: int = 1,
+    behaviour: str | None = None,
+) -> str:
+    """`replicas` of `app: <name>`; `template_labels` go on the pod template as well;
+    `behaviour` tells kwok how its Pods behave (FAKE_POD_ANNOTATION)."""
+    labels = {"app": name, **(template_labels or {})}
     return json.dumps(
         {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
             "metadata": {"name": name},
             "spec": {
-                "replicas": 1,
+                "replicas": replicas,
                 "selector": {"matchLabels": {"app": name}},
-                "template": {
-                    "metadata": {"labels": {"app": name, **(template_labels or {})}},
-                    "spec": {"containers": [{"name": name, "image": IMAGE}]},
-                },
+                "template": _pod_template(name, labels, behaviour),
             },
+        }
+    )
+
+
+def job(name: str, behaviour: str | None = None) -> str:
+    """A Job of one Pod that never retries (backoffLimit 0)."""
+    template = _pod_template(name, {}, behaviour)
+    template["spec"]["restartPolicy"] = "Never"
+    return json.dumps(
+        {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": name},
+            "spec": {"backoffLimit": 0, "template": template},
         }
     )
 
