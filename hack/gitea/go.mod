@@ -276,7 +276,8 @@ require (
 )
 
 // Copied from code.gitea.io/gitea v1.26.0's go.mod: a dependency's replace lines are
-// ignored, and without them its dependencies resolve to versions it does not build with.
+// ignored, and without them other code would be built than Gitea's release builds
+// (github.com/nektos/act is Gitea's fork; the others pin versions on purpose).
 replace github.com/jaytaylor/html2text => github.com/Necoro/html2text v0.0.0-20250804200300-7bf1ce1c7347
 
 replace github.com/nektos/act => gitea.com/gitea/act v0.261.10
