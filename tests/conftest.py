@@ -1,4 +1,5 @@
-"""Fixtures: real git servers (git_fixtures) and a real cluster + operator (cluster_fixtures)."""
+"""Fixtures: real git servers (git_fixtures), a real Gitea (gitea) and a real cluster +
+operator (cluster_fixtures)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 
 from tests.harness.cluster_fixtures import *  # noqa: F403
 from tests.harness.git_fixtures import *  # noqa: F403
+from tests.harness.gitea import gitea  # noqa: F401
 
 
 @pytest.hookimpl(wrapper=True)
