@@ -51,9 +51,11 @@ def _epoch(stamp: str) -> float:
 
 def label_selector_lists(cluster: Cluster, user: str, since: float) -> list[str]:
     """`<resource>` (cluster-wide) or `<resource> in <namespace>` for every LIST that
-    `user` sent since `since` with a label selector on gitferry.dev/sync-name. The
-    audit log records list requests at Metadata level; the selector is in the
-    requestURI's query."""
+    `user` sent since `since` looking for one sync's objects (a label selector
+    `gitferry.dev/sync-name=<name>`). The drift watches' own LISTs select every
+    object that has the label (`gitferry.dev/sync-name`, no value) and are not
+    inventory lookups. The audit log records list requests at Metadata level;
+    the selector is in the requestURI's query."""
     assert cluster.control_plane is not None
     time.sleep(0.5)  # an audit event is written when its request completes
     found = []
@@ -66,7 +68,7 @@ def label_selector_lists(cluster: Cluster, user: str, since: float) -> list[str]
         if _epoch(str(ev.get("requestReceivedTimestamp", ""))) < since:
             continue
         query = parse_qs(urlsplit(str(ev.get("requestURI", ""))).query)
-        if not any(SYNC_NAME in s for s in query.get("labelSelector", [])):
+        if not any(f"{SYNC_NAME}=" in s for s in query.get("labelSelector", [])):
             continue
         ref: dict[str, Any] = ev.get("objectRef") or {}  # type: ignore[assignment]
         where = f" in {ref['namespace']}" if ref.get("namespace") else ""
