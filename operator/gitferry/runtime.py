@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import health
 from .alerts import Notifier, NotifySettings
 from .api import SyncKey, SyncStatus, parse_spec
 from .constants import FIELD_MANAGER, LABEL_SYNC_NAME, LABEL_SYNC_NAMESPACE
@@ -63,6 +64,14 @@ class Runtime:
     @classmethod
     def _start(cls, settings: Settings, listener: socket.socket | None) -> Runtime:
         metrics = Metrics.for_process()
+        # healthCheckExprs' worker processes: started at first use, ended by close().
+        health.configure(
+            health.CelLimits(
+                timeout=settings.cel_timeout,
+                memory_bytes=settings.cel_memory_bytes,
+                workers=settings.cel_workers,
+            )
+        )
         # One pool for every identity, as large as the threads that call at once.
         pool = settings.max_concurrent_reconciles * (settings.apply_concurrency + 1) + 4
         kube = Kube(load_configuration(pool_size=pool))
@@ -228,6 +237,7 @@ class Runtime:
             while self._running_finalizers and time.monotonic() < end:
                 self._finalizing.wait(max(0.0, end - time.monotonic()))
         self.notifier.close()  # queued notifications are dropped; one in flight ends alone
+        health.close()  # the CEL workers, ended and reaped
         if self.context.drift is not None:
             self.context.drift.close()
         self.context.source.close()

@@ -125,6 +125,11 @@ class Settings:
     no_cross_namespace_refs: bool = False
     # Seconds between two health checks of a waiting sync (Flux polls every 2 s).
     health_poll_interval: float = 2.0
+    # healthCheckExprs run in worker processes (health/sandbox.py): seconds one
+    # evaluation may take, the address space of a worker, and how many run at once.
+    cel_timeout: float = 2.0
+    cel_memory_bytes: int = 512 * MiB
+    cel_workers: int = 2
     # Seconds between two looks at a dependency that is not ready (Flux's
     # --requeue-dependency); a dependency that becomes Ready wakes it at once.
     dependency_requeue: float = 30.0
@@ -193,6 +198,10 @@ class Settings:
             no_cross_namespace_refs=_bool("GITFERRY_NO_CROSS_NAMESPACE_REFS", False),
             health_poll_interval=_float("GITFERRY_HEALTH_POLL_INTERVAL", 2.0, 0.1),
             dependency_requeue=_float("GITFERRY_DEPENDENCY_REQUEUE", 30.0, 1.0),
+            cel_timeout=_float("GITFERRY_CEL_TIMEOUT", 2.0, 0.1),
+            # The worker itself (Python and the CEL runtime) takes about 40 MiB.
+            cel_memory_bytes=_int("GITFERRY_CEL_MEMORY_BYTES", 512 * MiB, 128 * MiB),
+            cel_workers=_int("GITFERRY_CEL_WORKERS", 2),
             metrics_addr=_addr("GITFERRY_METRICS_ADDR", "0.0.0.0:8081"),
             strict_substitutions=_bool("GITFERRY_STRICT_SUBSTITUTIONS", True),
             webhook_secret=_secret_ref("GITFERRY_WEBHOOK_SECRET"),

@@ -13,6 +13,7 @@ import pytest
 
 from tests.harness.cluster_fixtures import Cluster, Operator, wait_for
 from tests.harness.git_fixtures import RepoFactory
+from tests.harness.gitserver import descendants, is_running
 from tests.harness.manifests import config_map, deployment, job, widget, widget_crd
 from tests.harness.syncs import (
     condition,
@@ -24,6 +25,14 @@ from tests.harness.syncs import (
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("kwok_pods")]
+
+
+def cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def message(sync: dict[str, Any] | None, type_: str = "Ready") -> str:
@@ -204,6 +213,15 @@ def test_custom_resource_ready_condition_and_cel_expression(
         sync = wait_condition(cluster, "widgets", namespace, status="False",
                               reason="HealthCheckFailed", timeout=30)  # fmt: skip
         assert f"Gadget/{namespace}/by-cel" in message(sync)
+
+        # The expressions ran in a CEL worker process below the operator; a
+        # graceful stop ends it and leaves nothing running.
+        assert operator.proc is not None
+        workers = [p for p in descendants(operator.proc.pid) if "celworker" in cmdline(p.pid)]
+        assert workers, "no CEL worker below the operator"
+        operator.stop()
+        assert operator.proc.returncode == 0, operator.log()[-2000:]
+        assert not [w for w in workers if is_running(w)]
     finally:
         cluster.kubectl("delete", "crd", f"widgets.{group}", f"gadgets.{group}",
                         "--wait=false", check=False)  # fmt: skip

@@ -62,6 +62,9 @@ def test_a_forgotten_sync_leaves_no_lock_or_state_behind(tmp_path: Path) -> None
         ("GITFERRY_INTERVAL_JITTER", "inf", "finite"),
         ("GITFERRY_MAX_FILE_BYTES", "-1", "must be at least 1"),
         ("GITFERRY_ALLOW_FILE_URLS", "ture", "not one of true, false"),
+        ("GITFERRY_CEL_TIMEOUT", "0", "must be a finite number >= 0.1"),
+        ("GITFERRY_CEL_MEMORY_BYTES", "1000000", "must be at least 134217728"),
+        ("GITFERRY_CEL_WORKERS", "0", "must be at least 1"),
     ],
 )
 def test_a_bad_setting_names_the_variable(

@@ -21,13 +21,15 @@ status_evaluator.go):
   which reports Unknown). A spec whose expressions do not parse is refused
   before anything is applied (Flux: InvalidCELExpression, Stalled).
 
-The expressions are untrusted: the CEL runtime (cel-expr-python, the CEL team's
-wrapper of cel-cpp) has no side effects and no I/O, its parser refuses nesting
-deeper than 32, and its evaluator stops any expression after 10,000 comprehension
-iterations. We cap their length and number, and turn every failure into an
-ExprError or an Unknown Health. What nothing here bounds is the memory one
-evaluation may build from a large object (`s.replace('a', s)` on a long
-string); cel-cpp has no cost limit to set, as Kubernetes' cel-go has.
+The expressions are untrusted. Parsing stays here: the CEL runtime
+(cel-expr-python, the CEL team's wrapper of cel-cpp) refuses nesting deeper than
+32, we cap each expression at 2048 characters, a spec at 100 entries and at
+64 KiB of expressions in all, and parsing is linear in its input (under 5 ms and
+a few MiB for the worst expression of 2048 characters, 0.2 s for the worst spec,
+done once per spec and never evaluating anything). Evaluating is not bounded
+by the runtime (no memory or cost limit; it stops only comprehensions, after
+10,000 iterations), so it runs in worker processes with a memory limit and a
+timeout (`sandbox`). Every failure is an ExprError or an Unknown Health.
 """
 
 from __future__ import annotations
@@ -41,14 +43,19 @@ from typing import Any
 from cel_expr_python import cel
 from cel_expr_python.ext import ext_encoders, ext_optional, ext_strings
 
+from . import sandbox
 from .errors import ExprError
 from .kinds import group_kind
+from .sandbox import CelError, NotBool
 from .status import Health, Status, clip, in_progress, stale_generation
 
 # Far above any expression in Flux's CEL cheatsheet (the longest is under 100
 # characters); a bound on what one untrusted expression can ask of the runtime.
 MAX_EXPR_CHARS = 2048
 MAX_ENTRIES = 100
+# All the expressions of one spec: bounds the time parsing takes in the
+# operator's process (about 2 µs a character at worst, holding the GIL).
+MAX_TOTAL_CHARS = 64 * 1024
 
 _FIELDS = ("apiVersion", "kind", "current", "inProgress", "failed")
 # Evaluation order (Flux RFC 0009): the first expression that is true decides.
@@ -57,6 +64,7 @@ _ORDER = (
     ("failed", Status.FAILED),
     ("current", Status.CURRENT),
 )
+_ORDER_FIELDS = tuple(field for field, _ in _ORDER)
 
 
 @cache
@@ -64,7 +72,8 @@ def _env() -> Any:
     """One CEL environment with the extensions Flux enables that cel-cpp has:
     optional types (`status.?conditions.orValue([])`), strings, encoders. No
     variables are declared: expressions are parsed, not type-checked, as Flux
-    does, because custom resources need not have the usual top-level fields."""
+    does, because custom resources need not have the usual top-level fields.
+    The worker (celworker.py) builds the same one."""
     return cel.NewEnv(
         extensions=[
             ext_optional.ExtOptional(),
@@ -102,23 +111,12 @@ def _cel_words(error: str) -> str:
 class Expr:
     path: str  # `healthCheckExprs[0].current`
     source: str
-    program: Any  # cel_expr_python Expression
 
-    def evaluate(self, variables: Mapping[str, Any]) -> bool | str:
-        """The expression's bool, or why there is none."""
-        try:
-            value = self.program.eval(data=variables)
-        except Exception as e:
-            # The binding raises RuntimeError for CEL's own failures (the
-            # iteration budget) and TypeError or ValueError for data it cannot
-            # convert: untrusted input must never end a reconcile in a traceback.
-            return _cel_words(str(e))
-        kind = value.type()
-        if kind == cel.Type.BOOL:
-            return bool(value.value())
-        if kind == cel.Type.ERROR:
-            return _cel_words(str(value.value()))
-        return f"`{clip(self.source, 60)}` gave {str(kind.name()).lower()}, not a bool"
+    def words(self, result: CelError | NotBool) -> str:
+        """Why the expression gave no bool, in one line."""
+        if isinstance(result, CelError):
+            return _cel_words(result.text)
+        return f"`{clip(self.source, 60)}` gave {result.type_name}, not a bool"
 
 
 @dataclass(frozen=True)
@@ -135,12 +133,15 @@ class Check:
         if stale is not None:
             return stale
         variables = {k: v for k, v in obj.items() if isinstance(k, str)}
-        for expr, status in self.exprs:
-            result = expr.evaluate(variables)
-            if isinstance(result, str):
-                return Health(Status.UNKNOWN, clip(f"{expr.path}: {result}"))
-            if result:
+        run = sandbox.pool().evaluate([expr.source for expr, _ in self.exprs], variables)
+        for (expr, status), result in zip(self.exprs, run.results, strict=False):
+            if result is True:
                 return Health(status, f"{expr.path} is true")
+            if not isinstance(result, bool):
+                return Health(Status.UNKNOWN, clip(f"{expr.path}: {expr.words(result)}"))
+        if run.stop is not None:
+            expr = self.exprs[min(run.stop.at, len(self.exprs) - 1)][0]
+            return Health(Status.UNKNOWN, clip(f"{expr.path}: {run.stop.reason}"))
         return in_progress(f"no expression of healthCheckExprs[{self.index}] is true yet")
 
 
@@ -169,11 +170,11 @@ def _compile(path: str, source: Any) -> Expr:
         raise ExprError(path, "must be a non-empty CEL expression")
     if len(source) > MAX_EXPR_CHARS:
         raise ExprError(path, f"longer than {MAX_EXPR_CHARS} characters")
-    try:
-        program = _env().compile(source, disable_check=True)
+    try:  # parsed to refuse a bad spec up front; the workers compile their own
+        _env().compile(source, disable_check=True)
     except Exception as e:  # RuntimeError from the parser; anything else is as fatal
         raise ExprError(path, _cel_words(str(e))) from None
-    return Expr(path, source, program)
+    return Expr(path, source)
 
 
 def compile_exprs(entries: Sequence[Any] | None, name: str = "healthCheckExprs") -> Exprs:
@@ -189,6 +190,9 @@ def compile_exprs(entries: Sequence[Any] | None, name: str = "healthCheckExprs")
         raise ExprError(name, "must be a list")
     if len(entries) > MAX_ENTRIES:
         raise ExprError(name, f"more than {MAX_ENTRIES} entries")
+    sources = [e.get(f) for e in entries if isinstance(e, Mapping) for f in _ORDER_FIELDS]
+    if sum(len(s) for s in sources if isinstance(s, str)) > MAX_TOTAL_CHARS:
+        raise ExprError(name, f"more than {MAX_TOTAL_CHARS} characters of expressions in all")
     checks: dict[tuple[str, str], Check] = {}
     for i, entry in enumerate(entries):
         at = f"{name}[{i}]"
