@@ -128,7 +128,7 @@ class Settings:
     # healthCheckExprs run in worker processes (health/sandbox.py): seconds one
     # evaluation may take, the address space of a worker, and how many run at once.
     cel_timeout: float = 2.0
-    cel_memory_bytes: int = 512 * MiB
+    cel_memory_bytes: int = 256 * MiB
     cel_workers: int = 2
     # Seconds between two looks at a dependency that is not ready (Flux's
     # --requeue-dependency); a dependency that becomes Ready wakes it at once.
@@ -200,7 +200,7 @@ class Settings:
             dependency_requeue=_float("GITFERRY_DEPENDENCY_REQUEUE", 30.0, 1.0),
             cel_timeout=_float("GITFERRY_CEL_TIMEOUT", 2.0, 0.1),
             # The worker itself (Python and the CEL runtime) takes about 40 MiB.
-            cel_memory_bytes=_int("GITFERRY_CEL_MEMORY_BYTES", 512 * MiB, 128 * MiB),
+            cel_memory_bytes=_int("GITFERRY_CEL_MEMORY_BYTES", 256 * MiB, 128 * MiB),
             cel_workers=_int("GITFERRY_CEL_WORKERS", 2),
             metrics_addr=_addr("GITFERRY_METRICS_ADDR", "0.0.0.0:8081"),
             strict_substitutions=_bool("GITFERRY_STRICT_SUBSTITUTIONS", True),

@@ -57,7 +57,7 @@ class CelLimits:
     and how many run at once (GITFERRY_CEL_WORKERS)."""
 
     timeout: float = 2.0
-    memory_bytes: int = 512 * MiB
+    memory_bytes: int = 256 * MiB
     workers: int = 2
     # The Kubernetes API stores objects up to about 1.5 MiB: a larger object
     # (as compact JSON) is not sent to a worker at all.
