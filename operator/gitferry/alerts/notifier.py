@@ -133,6 +133,10 @@ class Notifier:
             return  # unchanged spec: the failure stands until a delivery succeeds
         else:
             cond = _ready("True", Reason.ALERT_READY, _ready_message(alert))
+            # A delivery may fail between the look above and this write: the
+            # failure stands (decided again under the status lock).
+            self._write(key, current, cond, alert.generation, keep_failure=True)
+            return
         self._write(key, current, cond, alert.generation)
 
     def remove(self, key: AlertKey) -> None:
@@ -281,13 +285,29 @@ class Notifier:
             item.alert, current, _ready("False", Reason.DELIVERY_FAILED, message), generation
         )
 
-    def _write(self, key: AlertKey, old: AlertStatus, cond: Condition, generation: int) -> None:
-        """Patch the Alert's status when Ready or observedGeneration changes."""
+    def _write(
+        self,
+        key: AlertKey,
+        old: AlertStatus,
+        cond: Condition,
+        generation: int,
+        keep_failure: bool = False,
+    ) -> None:
+        """Patch the Alert's status when Ready or observedGeneration changes.
+        `keep_failure`: not over a DeliveryFailed of the same generation."""
         with self._status_lock:
             with self._lock:
                 entry = self._alerts.get(key)
                 if entry is not None:
                     old = entry.status
+            ready = old.ready
+            if (
+                keep_failure
+                and ready is not None
+                and ready.reason == Reason.DELIVERY_FAILED
+                and old.observed_generation == generation
+            ):
+                return
             new = AlertStatus(
                 generation, merge_conditions(old.conditions, [cond], generation, now())
             )
