@@ -407,9 +407,13 @@ def _pipeline(run: Run, sync: Sync) -> Outcome:
         for warning in drift.warnings(run.key):  # someone keeps taking fields back
             run.event(WARNING, Reason.FIELD_MANAGER_CONFLICT, warning)
     checkout: Checkout | None = None
+    # Variables read from ConfigMaps and Secrets can change with nothing else: a
+    # sync that reads them renders in full at each interval.
+    post_build = sync.spec.post_build
+    reads_variables = post_build is not None and bool(post_build.substitute_from)
     if (
         drift is not None
-        and not (spec_changed or asked)
+        and not (spec_changed or asked or reads_variables)
         and wait is None
         and run.status.ready == "True"
     ):
