@@ -54,6 +54,17 @@ DEBOUNCE_SECONDS = 0.5
 FIGHT_THRESHOLD = 3
 FIGHT_WINDOW = 300.0
 MAX_BACKOFF = 300.0
+# Events held per sync while its reconcile applies (beyond: the next full
+# verification finds what they would have said).
+MAX_HELD = 10000
+
+
+def _version(value: Any) -> int | None:
+    """A resourceVersion as an integer (etcd's revision), or None."""
+    try:
+        return int(str(value))
+    except (TypeError, ValueError):
+        return None
 
 
 class ObjectMeta(Protocol):
@@ -132,6 +143,8 @@ class Drift:
         self._due: list[tuple[float, str, SyncKey]] = []  # heap of (when, why, key)
         self._pending: dict[SyncKey, float] = {}
         self._dirty: set[SyncKey] = set()  # syncs asked to reconcile for drift
+        # Events of syncs whose reconcile is applying, judged when it ends.
+        self._buffers: dict[SyncKey, list[tuple[str, ObjectMeta, list[Mapping[str, Any]]]]] = {}
         self._lock = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="drift", daemon=True)
@@ -156,21 +169,41 @@ class Drift:
             )
             for ref, obj in applied.items()
         }
+        versions = {
+            ref: _version((obj.get("metadata") or {}).get("resourceVersion"))
+            for ref, obj in applied.items()
+        }
         with self._lock:
             self._baselines[key] = Baseline(revision, generation, objects, time.monotonic())
             for (k, _), fight in self._fights.items():
                 if k == key:
                     fight.open = False  # corrected: the next drift is a new round
-        if self.cache is not None:
+            held = self._buffers.pop(key, [])
+        if self.cache is not None:  # watches only start here; they stop in forget()
             for group, kind in sorted({(r.group, r.kind) for r in objects}):
                 self.cache.watch(group, kind)
-            self.cache.retain(self.kinds())
+        # Changes made while the apply ran: those newer than what the apply left
+        # are someone else's, and drift.
+        for type_, meta, managed in held:
+            applied_version = versions.get(meta.ref)
+            seen = _version(getattr(meta, "resource_version", None))
+            if applied_version is not None and seen is not None and seen > applied_version:
+                self.on_event(type_, meta, managed)
 
     def applying(self, key: SyncKey) -> None:
-        """The sync's reconcile is about to write: its own writes are no drift, so
-        its baseline goes until `record` sets the new one."""
+        """The sync's reconcile is about to write: its own writes are no drift.
+        Events of its objects are held until `record` (or `abandon`) judges
+        them against what the apply left."""
         with self._lock:
-            self._baselines.pop(key, None)
+            self._buffers[key] = []
+
+    def abandon(self, key: SyncKey) -> None:
+        """The apply failed (no `record`): the held events are judged against
+        the old baseline."""
+        with self._lock:
+            held = self._buffers.pop(key, [])
+        for type_, meta, managed in held:
+            self.on_event(type_, meta, managed)
 
     def forget(self, key: SyncKey) -> None:
         """A deleted sync (or one whose reconcile must verify in full next time)."""
@@ -179,6 +212,7 @@ class Drift:
             self._warnings.pop(key, None)
             self._pending.pop(key, None)
             self._dirty.discard(key)
+            self._buffers.pop(key, None)
             for k in [k for k in self._fights if k[0] == key]:
                 del self._fights[k]
         if self.cache is not None:  # kinds no sync holds any more stop being watched
@@ -241,6 +275,11 @@ class Drift:
             return
         key = SyncKey(namespace, name)
         with self._lock:
+            held = self._buffers.get(key)
+            if held is not None:  # its reconcile is applying: judged at record()
+                if len(held) < MAX_HELD:
+                    held.append((type_, meta, list(managed_fields)))
+                return
             base = self._baselines.get(key)
             known = base.objects.get(meta.ref) if base else None
         if known is None:

@@ -29,10 +29,9 @@ host or a message.
 Only what exists is registered. Deliveries of Alerts count by outcome
 (`delivered`, `failed` after every retry, `dropped` from a full queue):
 `gitferry_notifications_total{outcome}` for chat messages,
-`gitferry_commit_statuses_total{outcome}` for commit statuses. Reserved for the
-feature that will report it, and absent until it lands: `gitferry_watches`
-(drift watches). A counter that always reads 0 would tell a dashboard "no
-failures" about work that never happens.
+`gitferry_commit_statuses_total{outcome}` for commit statuses. The drift
+watches report `gitferry_watches`, `gitferry_watched_objects` and
+`gitferry_watch_cache_bytes`.
 """
 
 from __future__ import annotations
@@ -155,6 +154,21 @@ class Metrics:
             "Syncs this operator reconciles (one worker each).",
             registry=r,
         )
+        self.watches = Gauge(
+            "gitferry_watches",
+            "Drift watches open (one per kind gitferry applied).",
+            registry=r,
+        )
+        self.watched_objects = Gauge(
+            "gitferry_watched_objects",
+            "Objects the drift watches keep (metadata only).",
+            registry=r,
+        )
+        self.watch_cache_bytes = Gauge(
+            "gitferry_watch_cache_bytes",
+            "Approximate bytes of strings the drift watches keep.",
+            registry=r,
+        )
         self.notifications = Counter(
             "gitferry_notifications_total",
             "Chat notifications (Alerts of type apprise) by outcome: delivered, failed "
@@ -244,6 +258,18 @@ class Metrics:
         self.running.set_function(running)
         self.syncs.set_function(syncs)
         self.threads.set(threads)
+
+    def watch_cache(
+        self,
+        *,
+        watches: Callable[[], int],
+        objects: Callable[[], int],
+        bytes_: Callable[[], int],
+    ) -> None:
+        """Gauges read at each scrape from the drift watches' own counts."""
+        self.watches.set_function(watches)
+        self.watched_objects.set_function(objects)
+        self.watch_cache_bytes.set_function(bytes_)
 
 
 # --- the HTTP server ------------------------------------------------------------------

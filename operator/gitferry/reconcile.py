@@ -407,13 +407,18 @@ def _pipeline(run: Run, sync: Sync) -> Outcome:
         for warning in drift.warnings(run.key):  # someone keeps taking fields back
             run.event(WARNING, Reason.FIELD_MANAGER_CONFLICT, warning)
     checkout: Checkout | None = None
-    # Variables read from ConfigMaps and Secrets can change with nothing else: a
-    # sync that reads them renders in full at each interval.
+    # Dependencies first, read from the sync cache: a dependency that stops being
+    # ready stops its dependents at their next interval, fast path or not.
+    with in_stage(Stage.DEPENDENCIES, timeout):
+        _dependencies(run, sync, deadline)
+    # Variables read from ConfigMaps and Secrets can change with nothing else, and
+    # health can change with nothing applied: such syncs reconcile in full at each
+    # interval, as before.
     post_build = sync.spec.post_build
     reads_variables = post_build is not None and bool(post_build.substitute_from)
     if (
         drift is not None
-        and not (spec_changed or asked or reads_variables)
+        and not (spec_changed or asked or reads_variables or sync.spec.checks_health)
         and wait is None
         and run.status.ready == "True"
     ):
@@ -426,8 +431,6 @@ def _pipeline(run: Run, sync: Sync) -> Outcome:
             run.key, checkout.revision, sync.generation
         ):
             return Outcome(f"revision={checkout.revision} unchanged (watch cache)")
-    with in_stage(Stage.DEPENDENCIES, timeout):
-        _dependencies(run, sync, deadline)
     with in_stage(Stage.STATUS, timeout):
         if spec_changed:
             # kubectl wait right after a spec change must never see the old Ready.
@@ -453,17 +456,23 @@ def _pipeline(run: Run, sync: Sync) -> Outcome:
     ctx.check_running("apply")
     if drift is not None:
         drift.applying(run.key)  # its own writes are no drift
-    with in_stage(Stage.APPLY, timeout):
-        changes = _apply(run, sync, plan, old, checkout.revision, deadline)
-    ctx.check_running("prune")  # never prune once shutdown began
-    with in_stage(Stage.PRUNE, timeout):
-        pruned, final = _prune(run, sync, plan, old, changes, checkout.revision, deadline)
-    same = not spec_changed and checkout.revision == run.status.last_applied_revision
-    _count(run, changes, drift=same)  # the same revision and spec again: writes were drift
-    with in_stage(Stage.STATUS, timeout):
-        _check_outcome(run, plan, pruned, final, changes, deadline)
-    if drift is not None:  # the baseline that watch events are compared with
-        drift.record(run.key, checkout.revision, sync.generation, changes.live)
+    recorded = False
+    try:
+        with in_stage(Stage.APPLY, timeout):
+            changes = _apply(run, sync, plan, old, checkout.revision, deadline)
+        ctx.check_running("prune")  # never prune once shutdown began
+        with in_stage(Stage.PRUNE, timeout):
+            pruned, final = _prune(run, sync, plan, old, changes, checkout.revision, deadline)
+        same = not spec_changed and checkout.revision == run.status.last_applied_revision
+        _count(run, changes, drift=same)  # the same revision and spec again: writes were drift
+        with in_stage(Stage.STATUS, timeout):
+            _check_outcome(run, plan, pruned, final, changes, deadline)
+        if drift is not None:  # the baseline that watch events are compared with
+            drift.record(run.key, checkout.revision, sync.generation, changes.live)
+            recorded = True
+    finally:
+        if drift is not None and not recorded:
+            drift.abandon(run.key)
     summary = f"revision={checkout.revision} {_counts(changes)}"
     if sync.spec.checks_health:
         with in_stage(Stage.HEALTH, timeout):
@@ -507,7 +516,7 @@ def _dependencies(run: Run, sync: Sync, deadline: Deadline) -> None:
     dependencies.check(
         sync.key,
         sync.spec.depends_on,
-        lambda key: ctx.sync_body(key, deadline),
+        lambda key: ctx.sync_body(key, deadline, cached=True),
         allow_cross_namespace=not ctx.settings.no_cross_namespace_refs,
     )
 

@@ -120,13 +120,18 @@ class Runtime:
         )
         if settings.drift_watches:
             ctx.drift = Drift(None, scheduler.request_threadsafe, settings.full_verify_interval)
-            ctx.drift.cache = Watcher(
+            watcher = ctx.drift.cache = Watcher(
                 kube,
                 discovery,
                 label_selector=LABEL_SYNC_NAME,
                 field_manager=FIELD_MANAGER,
                 keep_labels=(LABEL_SYNC_NAME, LABEL_SYNC_NAMESPACE),
                 on_event=ctx.drift.on_watch_event,
+            )
+            metrics.watch_cache(
+                watches=lambda: watcher.stats().watches,
+                objects=lambda: watcher.stats().objects,
+                bytes_=lambda: watcher.stats().bytes,
             )
         metrics.watch_scheduler(
             queued=lambda: scheduler.queued,

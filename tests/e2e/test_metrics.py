@@ -84,6 +84,10 @@ def test_metrics_follow_a_sync_from_created_to_deleted(
     assert (sample(ready, "gitferry_git_requests_total", operation="ls-remote",
                    outcome="ok") or 0) >= 1  # fmt: skip
     assert sample(ready, "gitferry_syncs") == 1
+    # The drift watches: one per kind applied, holding the applied objects.
+    assert (sample(ready, "gitferry_watches") or 0) >= 1
+    assert (sample(ready, "gitferry_watched_objects") or 0) >= 1
+    assert (sample(ready, "gitferry_watch_cache_bytes") or 0) > 0
 
     # A commit that does not render: the state gauge drops to 0, the failure is counted.
     repo.commit({"a.yaml": "data: [unclosed\n"}, "broken")

@@ -187,3 +187,33 @@ def test_forget_drops_everything_of_a_sync(setup: Any) -> None:
     drift.on_event("DELETED", Meta(REF, "u1", None), [])
     time.sleep(0.7)
     assert requests == []
+
+
+@dataclass(frozen=True)
+class VersionedMeta(Meta):
+    resource_version: str = "0"
+
+
+def test_a_change_made_while_the_sync_applies_is_drift_once_the_apply_ends(setup: Any) -> None:
+    drift, _, requests = setup
+    drift.applying(KEY)
+    # Someone deletes the object after gitferry's write (resourceVersion 7 > 5).
+    drift.on_event("DELETED", VersionedMeta(REF, "u1", canonical(OURS), resource_version="7"), [])
+    # gitferry's own write (resourceVersion 5) is no drift.
+    drift.on_event("MODIFIED", VersionedMeta(REF, "u1", canonical(OURS), resource_version="5"), [])
+    time.sleep(0.7)
+    assert requests == []  # held while the apply runs
+    done = applied()
+    done["metadata"]["resourceVersion"] = "5"
+    drift.record(KEY, "main@sha1:1", 3, {REF: done})
+    settle(requests, 1)
+    assert requests == [(KEY, "drift (deleted)")]
+
+
+def test_held_events_are_judged_against_the_old_baseline_when_the_apply_fails(setup: Any) -> None:
+    drift, _, requests = setup
+    drift.applying(KEY)
+    drift.on_event("DELETED", VersionedMeta(REF, "u1", canonical(OURS), resource_version="7"), [])
+    drift.abandon(KEY)
+    settle(requests, 1)
+    assert requests == [(KEY, "drift (deleted)")]
