@@ -92,3 +92,10 @@ def test_what_counts_as_secret_in_a_url() -> None:
         redact(f"failed for TAAAAAAA/x with {PASSWORD}", pieces + net)
         == "failed for ***/x with ***"
     )
+
+
+def test_a_url_masked_by_apprise_is_not_shown_at_all() -> None:
+    from gitferry.notify.errors import redact
+
+    text = "Could not load E-Mail URL: mailto://***:M...7@1...1:1?to=a...d"
+    assert redact(text, ["MailPw77"]) == "Could not load E-Mail URL: <url>"

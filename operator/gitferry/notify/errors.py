@@ -24,11 +24,17 @@ class NotifyError(Exception):
         return self.message
 
 
+# A URL in a library's message: Apprise masks passwords by keeping their first
+# and last characters (`mailto://***:M...7@…`), which is still part of a secret.
+_URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://\S+")
+
+
 def redact(text: str, secrets: Iterable[str]) -> str:
     """`text` with every occurrence of each secret (longest first) replaced by
-    `***`; pieces shorter than MIN_SECRET_PIECE characters are left alone."""
+    `***`, and every URL (`scheme://…`, however a library masked it) by
+    `<url>`; pieces shorter than MIN_SECRET_PIECE characters are left alone."""
     pieces = sorted({s for s in secrets if s and len(s) >= MIN_SECRET_PIECE}, key=len, reverse=True)
-    if not pieces:
-        return text
-    pattern = re.compile("|".join(re.escape(p) for p in pieces))
-    return pattern.sub(REDACTED, text)
+    if pieces:
+        pattern = re.compile("|".join(re.escape(p) for p in pieces))
+        text = pattern.sub(REDACTED, text)
+    return _URL.sub("<url>", text)
