@@ -65,8 +65,9 @@ def _p(values: list[float], p: float) -> float:
 def run(bench: Bench) -> tuple[NoOp, Latency]:
     say("no-op and drift: one sync of 100 objects through the operator …")
     bench.kubectl("create", "namespace", NAMESPACE)
-    proc = GitferryProcess(bench.cluster, bench.work / "operator-noop", NAMESPACE).start()
+    proc = GitferryProcess(bench.cluster, bench.work / "operator-noop", NAMESPACE)
     try:
+        proc.start()
         bench.create([sync_manifest(SYNC, NAMESPACE, bench.url, "hundred", NOOP_INTERVAL)])
         wait_all_ready(bench.api, NAMESPACE, bench.sha, 1, timeout=120, every=0.2)
         time.sleep(5)  # the Deployments settle; the first no-ops go by

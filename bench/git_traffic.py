@@ -67,7 +67,7 @@ def run(bench: Bench) -> Traffic:
     files = {f"{app_dir(i)}/app.yaml": docs(app_objects(app_dir(i))) for i in range(SYNCS)}
     sha = repo.commit(files, f"{SYNCS} apps")
     repo.push()
-    server = HttpGitServer(served_root(root)).start()
+    server = HttpGitServer(served_root(root))
     put_secret(bench.cluster, SECRET_NAMESPACE, {"github": WEBHOOK_SECRET}, name=SECRET_NAME)
     port = _free_port()
     bench.kubectl("create", "namespace", NAMESPACE)
@@ -75,8 +75,10 @@ def run(bench: Bench) -> Traffic:
         bench.cluster, bench.work / "operator-hooks", NAMESPACE,
         GITFERRY_WEBHOOK_SECRET=f"{SECRET_NAMESPACE}/{SECRET_NAME}",
         GITFERRY_WEBHOOK_ADDR=f"127.0.0.1:{port}",
-    ).start()  # fmt: skip
+    )  # fmt: skip
     try:
+        server.start()
+        proc.start()
         url = server.url_for(repo.bare)
         names = [app_dir(i) for i in range(SYNCS)]
         bench.create([sync_manifest(n, NAMESPACE, url, n, f"{INTERVAL_S}s") for n in names])

@@ -122,8 +122,9 @@ def p1(bench: Bench, n: int, steady: bool = False, **env: str) -> P1:
 
     ns = f"p1-{n}"
     bench.kubectl("create", "namespace", ns)
-    proc = GitferryProcess(bench.cluster, bench.work / f"operator-p1-{n}", ns, **env).start()
+    proc = GitferryProcess(bench.cluster, bench.work / f"operator-p1-{n}", ns, **env)
     try:
+        proc.start()
         syncs = [sync_manifest(p, ns, bench.url, p, INTERVAL) for p in paths]
         rss0 = proc.rss_mib()
         cpu0 = proc.cpu()
@@ -224,8 +225,9 @@ def big_sync(bench: Bench) -> BigSync:
     kubectl_s, _ = _kubectl_apply(bench, ["big-500"], "kubectl-big")
     ns = "big"
     bench.kubectl("create", "namespace", ns)
-    proc = GitferryProcess(bench.cluster, bench.work / "operator-big", ns).start()
+    proc = GitferryProcess(bench.cluster, bench.work / "operator-big", ns)
     try:
+        proc.start()
         t0 = time.monotonic()
         bench.create([sync_manifest("big", ns, bench.url, "big-500", "1h")])
         done = wait_ready(bench.api, ns, bench.sha, 1, timeout=600, every=0.1)
