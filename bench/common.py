@@ -419,6 +419,43 @@ def _cpu_ticks() -> dict[int, tuple[str, int]]:
     return out
 
 
+def _machine_ticks() -> tuple[int, int]:
+    """(busy, total) clock ticks of all CPUs together, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields[:8]) - idle, sum(fields[:8])
+
+
+class CpuWatch:
+    """Where the CPU went while a block ran: the machine's busy share (of all its
+    CPUs) and each named process's share of one core; `other` is the rest of the
+    busy time (short-lived processes such as kubectl and git, the benchmark
+    itself, other work on the machine)."""
+
+    def __init__(self, named: dict[str, int]) -> None:
+        self.named = named
+        self.shares: dict[str, float] = {}
+        self.machine = 0.0  # busy share of all CPUs, 0..100
+
+    def __enter__(self) -> CpuWatch:
+        self._t0 = time.monotonic()
+        self._m0 = _machine_ticks()
+        self._p0 = _cpu_ticks()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        seconds = time.monotonic() - self._t0
+        m1, p1 = _machine_ticks(), _cpu_ticks()
+        hz = os.sysconf("SC_CLK_TCK")
+        busy, total = m1[0] - self._m0[0], m1[1] - self._m0[1]
+        self.machine = busy / max(1, total) * 100
+        cores = len(os.sched_getaffinity(0))
+        for name, pid in self.named.items():
+            if pid in p1 and pid in self._p0:
+                self.shares[name] = (p1[pid][1] - self._p0[pid][1]) / hz / seconds * 100
+        self.shares["other"] = max(0.0, self.machine * cores - sum(self.shares.values()))
+
+
 def other_work(seconds: float = 3.0) -> list[str]:
     """The other processes that used at least 10 % of a core over `seconds` now
     (a shared machine skews every number), busiest first."""

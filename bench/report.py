@@ -25,6 +25,7 @@ class Results:
     busy_end: list[str] = field(default_factory=list)
     total_s: float = 0.0
     p1: list[P1] = field(default_factory=list)
+    p1_threads: list[P1] = field(default_factory=list)  # P1 again with more reconcile threads
     big: BigSync | None = None
     noop: NoOp | None = None
     drift: Latency | None = None
@@ -166,9 +167,10 @@ def p1_section(r: Results) -> list[str]:
         " kubectl |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for p in sorted(r.p1, key=lambda x: x.n):
+    for p in [*sorted(r.p1, key=lambda x: x.n), *r.p1_threads]:
+        label = f"{p.n}" if p in r.p1 else f"{p.n}, {p.threads} threads"
         rows.append(
-            f"| {p.n} | {p.gitferry_s:.1f} s | {p.kubectl_s:.1f} s | {p.ratio:.2f} |"
+            f"| {label} | {p.gitferry_s:.1f} s | {p.kubectl_s:.1f} s | {p.ratio:.2f} |"
             f" {p.create_s:.1f} s | {p.peak_rss_mib:.0f} MiB ({p.rss_at_start_mib:.0f} at start)"
             f" | {p.cpu_own:.1f} s = {p.cpu_own / p.gitferry_s * 100:.0f} % (+ {p.cpu_children:.1f}"
             f" s) | {_ms(p.reconcile_ms)} ms ({_ms(p.fetch_ms)} / {_ms(p.apply_ms)}) |"
@@ -188,13 +190,19 @@ def p1_section(r: Results) -> list[str]:
         " apart) from the first create to all Ready, per sync; kubectl's (the admin's"
         " requests with a `kubectl` user agent) per 4 objects, its discovery included.",
     ]
+    if r.p1_threads:
+        rows.append(
+            f"- The row with {r.p1_threads[0].threads} threads: the same N again, every"
+            f" operator setting the same but `GITFERRY_MAX_CONCURRENT_RECONCILES`"
+            f" (default {r.p1[0].threads}): would more reconcile threads help?"
+        )
     big = max(r.p1, key=lambda x: x.n)
     if big.requests is not None:
         kinds = kinds_of_requests(big.requests.calls)
         rows.append(
             f"- The operator's requests at N = {big.n}, per sync: {per_unit(kinds, big.n)}."
         )
-    rows.append("")
+    rows += ["", *cpu_table(r)]
     at_1000 = r.p1_at(1000)
     if at_1000 is not None and at_1000.steady is not None:
         s = at_1000.steady
@@ -230,6 +238,32 @@ def p1_section(r: Results) -> list[str]:
             "",
         ]
     return rows
+
+
+CPU_COLUMNS = ("kube-apiserver", "etcd", "kube-controller-manager", "gitferry", "other")
+
+
+def cpu_table(r: Results) -> list[str]:
+    """Where the machine's CPU went during each side's run."""
+    rows = [
+        "Where the CPU went during each run (share of one core; the machine's busy share"
+        " is of all its CPUs; `other`: the rest of the busy time — kubectl and git"
+        " processes, kube-scheduler and kwok, the benchmark's own polling, other work on"
+        " the machine):",
+        "",
+        "| N | run | load (1 min) at its start | machine busy | " + " | ".join(CPU_COLUMNS) + " |",
+        "|---|---|---:|---:|" + "---:|" * len(CPU_COLUMNS),
+    ]
+    for p in [*sorted(r.p1, key=lambda x: x.n), *r.p1_threads]:
+        label = f"{p.n}" if p in r.p1 else f"{p.n}, {p.threads} threads"
+        for side, shares, machine in (
+            ("kubectl", p.cpu_kubectl, p.machine_kubectl),
+            ("gitferry", p.cpu_gitferry, p.machine_gitferry),
+        ):
+            cells = " | ".join(f"{shares[c]:.0f} %" if c in shares else "-" for c in CPU_COLUMNS)
+            load = f"{p.load:.2f}" if side == "kubectl" else ""
+            rows.append(f"| {label} | {side} | {load} | {machine:.0f} % | {cells} |")
+    return [*rows, ""]
 
 
 def noop_section(r: Results) -> list[str]:

@@ -37,6 +37,7 @@ from .process import EXTRA_ENV, install
 from .report import PLOT, Results, now, render
 from .why import analyse
 
+THREADS_AT = 300  # P1's N measured again with more reconcile threads
 SECTIONS = ("direct", "drift", "traffic", "big", "p1", "render")
 
 
@@ -67,6 +68,10 @@ def run(work: Path, sizes: list[int], only: set[str]) -> Results:
             if "p1" in only:
                 for n in sizes:
                     res.p1.append(scale.p1(bench, n, steady=n == 1000))
+                if THREADS_AT in sizes and "GITFERRY_MAX_CONCURRENT_RECONCILES" not in EXTRA_ENV:
+                    # Would more reconcile threads help? The same N, 4 × the default.
+                    more = {"GITFERRY_MAX_CONCURRENT_RECONCILES": str(4 * scale.threads({}))}
+                    res.p1_threads.append(scale.p1(bench, THREADS_AT, env=more))
         finally:
             bench.api.close()
     finally:

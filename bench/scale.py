@@ -11,7 +11,10 @@ cluster holding only the previous runs' leftovers that the API server keeps
 
 from __future__ import annotations
 
+import contextlib
+import os
 import statistics
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +22,7 @@ from pathlib import Path
 from tests.harness.cluster_fixtures import wait_for
 
 from .common import (
+    CpuWatch,
     Requests,
     audit_size,
     count_requests,
@@ -72,6 +76,14 @@ class P1:
     threads: int = 4
     requests: Requests | None = None  # the operator's, from the first create to all Ready
     steady: Steady | None = None
+    load: float = 0.0  # 1-minute load average when the kubectl run started
+    # Share of one core per process (kube-apiserver, etcd, …) during each side's run,
+    # and the machine's busy share of all its CPUs.
+    cpu_kubectl: dict[str, float] = field(default_factory=dict)
+    cpu_gitferry: dict[str, float] = field(default_factory=dict)
+    machine_kubectl: float = 0.0
+    machine_gitferry: float = 0.0
+    max_queued: float = 0.0  # gitferry_reconcile_queue_depth, sampled every 5 s
 
     @property
     def ratio(self) -> float:
@@ -96,14 +108,39 @@ def threads(env: dict[str, str]) -> int:
     return int(value) if value else Settings(cache_dir=Path()).max_concurrent_reconciles
 
 
-def _kubectl_apply(bench: Bench, paths: list[str], name: str) -> tuple[float, int]:
+def control_plane(bench: Bench) -> dict[str, int]:
+    """The pids of the control plane's busy processes."""
+    names = ("kube-apiserver", "etcd", "kube-controller-manager")
+    return {n: pid for n, pid in bench.cp.pids.items() if n in names}
+
+
+class QueueSampler(threading.Thread):
+    """The largest gitferry_reconcile_queue_depth seen on /metrics, every `every` s."""
+
+    def __init__(self, proc: GitferryProcess, every: float = 5.0) -> None:
+        super().__init__(daemon=True)
+        self.proc, self.every = proc, every
+        self.max_queued = 0.0
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(self.every):
+            with contextlib.suppress(Exception):  # a scrape that failed: the next one
+                queued = self.proc.metrics().get("gitferry_reconcile_queue_depth", 0.0)
+                self.max_queued = max(self.max_queued, queued)
+
+
+def _kubectl_apply(
+    bench: Bench, paths: list[str], name: str, watch: CpuWatch | None = None
+) -> tuple[float, int]:
     """`kubectl apply --server-side -f <dir> -R -n <namespace>`: one process, as a
     user would apply the same objects; the wall time."""
     files = bench.files_of(paths, name)
     bench.kubectl("create", "namespace", name)
     offset, wall0 = audit_size(bench.cp), time.time()
     t0 = time.monotonic()
-    bench.kubectl("apply", "--server-side", "-f", str(files), "-R", "-n", name)
+    with watch or contextlib.nullcontext():
+        bench.kubectl("apply", "--server-side", "-f", str(files), "-R", "-n", name)
     took = time.monotonic() - t0
     time.sleep(0.3)  # the audit log is written as each request completes
     asked = count_requests(bench.cp, wall0, time.time(), user="admin", offset=offset)
@@ -114,11 +151,15 @@ def _kubectl_apply(bench: Bench, paths: list[str], name: str) -> tuple[float, in
     return took, kubectl_requests
 
 
-def p1(bench: Bench, n: int, steady: bool = False, **env: str) -> P1:
+def p1(bench: Bench, n: int, steady: bool = False, env: dict[str, str] | None = None) -> P1:
+    env = env or {}
     paths = [app_dir(i) for i in range(n)]
-    say(f"P1 N={n}: kubectl apply --server-side of {4 * n} objects …")
-    kubectl_s, kubectl_requests = _kubectl_apply(bench, paths, f"kubectl-{n}")
-    say(f"  kubectl: {kubectl_s:.1f} s, {kubectl_requests} requests")
+    load = os.getloadavg()[0]
+    say(f"P1 N={n}: kubectl apply --server-side of {4 * n} objects (load {load:.2f}) …")
+    k_watch = CpuWatch(control_plane(bench))
+    kubectl_s, kubectl_requests = _kubectl_apply(bench, paths, f"kubectl-{n}", k_watch)
+    say(f"  kubectl: {kubectl_s:.1f} s, {kubectl_requests} requests, machine"
+        f" {k_watch.machine:.0f} % busy: {k_watch.shares}")  # fmt: skip
 
     ns = f"p1-{n}"
     bench.kubectl("create", "namespace", ns)
@@ -129,13 +170,18 @@ def p1(bench: Bench, n: int, steady: bool = False, **env: str) -> P1:
         rss0 = proc.rss_mib()
         cpu0 = proc.cpu()
         offset, wall0 = audit_size(bench.cp), time.time()
+        g_watch = CpuWatch({**control_plane(bench), "gitferry": proc.pid})
+        sampler = QueueSampler(proc)
+        sampler.start()
         t0 = time.monotonic()
-        bench.api.create_syncs(syncs)
-        create_s = time.monotonic() - t0
-        done = wait_ready(
-            bench.api, ns, bench.sha, n, timeout=1200, every=0.5,
-            progress=lambda r: say(f"  {r}/{n} Ready after {time.monotonic() - t0:.0f} s"),
-        )  # fmt: skip
+        with g_watch:
+            bench.api.create_syncs(syncs)
+            create_s = time.monotonic() - t0
+            done = wait_ready(
+                bench.api, ns, bench.sha, n, timeout=1200, every=0.5,
+                progress=lambda r: say(f"  {r}/{n} Ready after {time.monotonic() - t0:.0f} s"),
+            )  # fmt: skip
+        sampler.done.set()
         cpu1 = proc.cpu()
         wall1 = time.time()
         # The status is written before each reconcile's last log line.
@@ -151,6 +197,12 @@ def p1(bench: Bench, n: int, steady: bool = False, **env: str) -> P1:
             cpu_own=cpu1.own - cpu0.own,
             cpu_children=cpu1.children - cpu0.children,
             threads=threads(env),
+            load=load,
+            cpu_kubectl=k_watch.shares,
+            cpu_gitferry=g_watch.shares,
+            machine_kubectl=k_watch.machine,
+            machine_gitferry=g_watch.machine,
+            max_queued=sampler.max_queued,
         )
         result.requests = count_requests(bench.cp, wall0, wall1, user=USER, offset=offset)
         log = proc.log().splitlines()
@@ -162,7 +214,8 @@ def p1(bench: Bench, n: int, steady: bool = False, **env: str) -> P1:
             f" (+{result.cpu_children:.0f} s in git), reconcile p50"
             f" {statistics.median(result.reconcile_ms or [0])} ms,"
             f" {result.requests.total / n:.1f} requests per sync:"
-            f" {kinds_of_requests(result.requests.calls)}")  # fmt: skip
+            f" {kinds_of_requests(result.requests.calls)}; machine {g_watch.machine:.0f} % busy:"
+            f" {g_watch.shares}; queue at most {sampler.max_queued:.0f}")  # fmt: skip
         if steady:
             result.steady = measure_steady(proc, STEADY_SECONDS)
             result.peak_rss_mib = proc.peak_rss_mib()

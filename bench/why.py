@@ -8,17 +8,6 @@ import statistics
 from .common import kinds_of_requests, per_unit
 from .report import Results
 
-# Measured apart, at N = 300 with `python -m bench.run --only p1 --sizes 300
-# --env GITFERRY_MAX_CONCURRENT_RECONCILES=16` against the default (4), the
-# same day on the same shared machine (load 5–8).
-THREADS_EXPERIMENT = (
-    "More reconcile threads do not help here: at N = 300, 16 threads instead of 4 took"
-    " 43.6 s instead of 48.7 s (−10 %), while each reconcile took 4 × longer (p50 1.97 s"
-    " instead of 0.49 s: the requests queue at the API server) and the peak RSS grew from"
-    " 148 to 169 MiB (`python -m bench.run --only p1 --sizes 300 --env"
-    " GITFERRY_MAX_CONCURRENT_RECONCILES=16`, load 5–8). The default stays 4."
-)
-
 
 def analyse(r: Results) -> list[str]:
     notes: list[str] = []
@@ -33,6 +22,7 @@ def analyse(r: Results) -> list[str]:
             " on the same machine, so their ratio is fairer than either absolute time."
         )
     notes += _p1(r)
+    notes += _threads(r)
     p = r.p1_at(1000)
     if p is not None and p.peak_rss_mib > 200:
         notes.append(
@@ -76,11 +66,21 @@ def _p1(r: Results) -> list[str]:
     status = sum(v for k, v in kinds.items() if k.startswith("sync status")) / p.n
     meta = sum(v for k, v in kinds.items() if k.startswith("sync metadata")) / p.n
     kopf = sum(v for k, v in kinds.items() if k.startswith("Kopf")) / p.n
+    saturated = (
+        " The machine's CPUs were nearly all busy: what limits both is the API server and"
+        " etcd answering requests on these 2 cores."
+        if p.machine_gitferry >= 85
+        else ""
+    )
     return [
         f"- **P1, N = {p.n}: {p.gitferry_s:.0f} s, {p.ratio:.1f} × kubectl.** The operator"
-        f" is not what is busy: it used {p.cpu_own / p.gitferry_s * 100:.0f} % of one core"
-        f" (its threads were {p.busy * 100:.0f} % busy, each waiting on a request). The API"
-        f" server is: it answered the operator {rate:.0f} requests per second and kubectl"
+        f" is not what is busy: it used {p.cpu_own / p.gitferry_s * 100:.0f} % of one core;"
+        f" its {p.threads} reconcile threads were {p.busy * 100:.0f} % busy, each waiting"
+        f" on a request, with up to {p.max_queued:.0f} syncs queued for a thread"
+        f" (`gitferry_reconcile_queue_depth`). While it ran, the machine was"
+        f" {p.machine_gitferry:.0f} % busy ({_shares(p.cpu_gitferry)}); during kubectl's"
+        f" run {p.machine_kubectl:.0f} % ({_shares(p.cpu_kubectl)}).{saturated} The API"
+        f" server answered the operator {rate:.0f} requests per second and kubectl"
         f" {k_rate:.0f}, about the same rate, so the time follows the number of requests."
         f" gitferry asks {p.per_sync:.1f} requests for a new sync of 4 objects, kubectl"
         f" {p.kubectl_requests / p.n:.1f} per 4 objects (one server-side apply each, after"
@@ -98,5 +98,34 @@ def _p1(r: Results) -> list[str]:
         f" ApplySet parent metadata ({meta:.1f}); Kopf's own patches of the sync ({kopf:.1f}:"
         " its finalizer and its bookkeeping annotations). Dropping the dry-run of new objects"
         " and reading owners from the cache would halve the requests of a new sync.",
-        f"- {THREADS_EXPERIMENT}",
+    ]
+
+
+def _shares(shares: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.0f} %" for k, v in shares.items())
+
+
+def _threads(r: Results) -> list[str]:
+    if not r.p1_threads:
+        return []
+    more = r.p1_threads[0]
+    base = r.p1_at(more.n)
+    if base is None or not base.reconcile_ms or not more.reconcile_ms:
+        return []
+    change = (more.gitferry_s / base.gitferry_s - 1) * 100
+    slower = statistics.median(more.reconcile_ms) / statistics.median(base.reconcile_ms)
+    verdict = (
+        "More threads would pay here: the default is worth raising."
+        if change < -25
+        else f"The default stays {base.threads}: the threads only wait longer each."
+    )
+    return [
+        f"- **More reconcile threads?** At N = {more.n}, {more.threads} threads instead of"
+        f" {base.threads} took {more.gitferry_s:.1f} s instead of {base.gitferry_s:.1f} s"
+        f" ({change:+.0f} %; load {more.load:.1f} against {base.load:.1f} when each began),"
+        f" while each reconcile took {slower:.1f} × longer (p50"
+        f" {statistics.median(more.reconcile_ms):.0f} ms against"
+        f" {statistics.median(base.reconcile_ms):.0f} ms: the requests wait at the API"
+        f" server) and the peak RSS was {more.peak_rss_mib:.0f} MiB against"
+        f" {base.peak_rss_mib:.0f}. {verdict}"
     ]
