@@ -154,8 +154,9 @@ def p1_section(r: Results) -> list[str]:
         " column 'creating the syncs' says how long that took); gitferry runs as a process"
         " (`python -m gitferry run --namespace p1-N`, the install's ServiceAccount, default"
         " settings) started before the syncs, fresh for each N. Time: from the start of"
-        " the create to the LIST (every 0.5 s) that shows all N Ready with the commit"
-        " applied. Baseline, in the same run, in another namespace, just before: `kubectl"
+        " the create to the watch event (a watch on the syncs, not a LIST every 0.5 s:"
+        " that would load the API server it measures) that makes all N Ready with the"
+        " commit applied. Baseline, in the same run, in another namespace, just before: `kubectl"
         " apply --server-side -f <dir> -R -n kubectl-N` of a copy of the same N"
         " directories (one process, as a user would apply them). Both namespaces are"
         " deleted, and waited for, before the next N.",

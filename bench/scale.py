@@ -30,6 +30,7 @@ from .common import (
     say,
     sync_manifest,
     wait_ready,
+    watch_ready,
 )
 from .fleet import BIG, Bench, app_dir
 from .process import EXTRA_ENV, USER, GitferryProcess, durations_ms
@@ -83,7 +84,7 @@ class P1:
     cpu_gitferry: dict[str, float] = field(default_factory=dict)
     machine_kubectl: float = 0.0
     machine_gitferry: float = 0.0
-    max_queued: float = 0.0  # gitferry_reconcile_queue_depth, sampled every 5 s
+    max_queued: float | None = None  # gitferry_reconcile_queue_depth, sampled every 5 s
 
     @property
     def ratio(self) -> float:
@@ -121,6 +122,7 @@ class QueueSampler(threading.Thread):
         super().__init__(daemon=True)
         self.proc, self.every = proc, every
         self.max_queued = 0.0
+        self.samples = 0  # scrapes that answered (a busy event loop may time out)
         self.done = threading.Event()
 
     def run(self) -> None:
@@ -128,6 +130,7 @@ class QueueSampler(threading.Thread):
             with contextlib.suppress(Exception):  # a scrape that failed: the next one
                 queued = self.proc.metrics().get("gitferry_reconcile_queue_depth", 0.0)
                 self.max_queued = max(self.max_queued, queued)
+                self.samples += 1
 
 
 def _kubectl_apply(
@@ -177,8 +180,8 @@ def p1(bench: Bench, n: int, steady: bool = False, env: dict[str, str] | None = 
         with g_watch:
             bench.api.create_syncs(syncs)
             create_s = time.monotonic() - t0
-            done = wait_ready(
-                bench.api, ns, bench.sha, n, timeout=1200, every=0.5,
+            done = watch_ready(
+                bench.api, ns, bench.sha, n, timeout=1200,
                 progress=lambda r: say(f"  {r}/{n} Ready after {time.monotonic() - t0:.0f} s"),
             )  # fmt: skip
         sampler.done.set()
@@ -202,7 +205,7 @@ def p1(bench: Bench, n: int, steady: bool = False, env: dict[str, str] | None = 
             cpu_gitferry=g_watch.shares,
             machine_kubectl=k_watch.machine,
             machine_gitferry=g_watch.machine,
-            max_queued=sampler.max_queued,
+            max_queued=sampler.max_queued if sampler.samples else None,
         )
         result.requests = count_requests(bench.cp, wall0, wall1, user=USER, offset=offset)
         log = proc.log().splitlines()
@@ -215,7 +218,7 @@ def p1(bench: Bench, n: int, steady: bool = False, env: dict[str, str] | None = 
             f" {statistics.median(result.reconcile_ms or [0])} ms,"
             f" {result.requests.total / n:.1f} requests per sync:"
             f" {kinds_of_requests(result.requests.calls)}; machine {g_watch.machine:.0f} % busy:"
-            f" {g_watch.shares}; queue at most {sampler.max_queued:.0f}")  # fmt: skip
+            f" {g_watch.shares}; queue at most {sampler.max_queued:.0f} ({sampler.samples} scrapes)")  # fmt: skip
         if steady:
             result.steady = measure_steady(proc, STEADY_SECONDS)
             result.peak_rss_mib = proc.peak_rss_mib()
