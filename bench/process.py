@@ -48,7 +48,13 @@ class GitferryProcess:
     """One operator process for one namespace; stop() ends it by its pid."""
 
     def __init__(self, cluster: Cluster, workdir: Path, namespace: str, **env: str) -> None:
-        workdir.mkdir(parents=True, exist_ok=True)
+        # A fresh directory: the log of an earlier operator there would answer
+        # "started?", "which metrics port?" and "which reconciles?" for this one.
+        base, n = workdir, 1
+        while workdir.exists():
+            n += 1
+            workdir = base.with_name(f"{base.name}-{n}")
+        workdir.mkdir(parents=True)
         self.op = Operator(cluster, workdir, namespace=namespace, env={**EXTRA_ENV, **env})
         self.namespace = namespace
 
