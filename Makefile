@@ -30,11 +30,20 @@ $(VENV)/.installed: $(LOCK) pyproject.toml
 
 venv: $(VENV)/.installed
 
+# `make bench` adds matplotlib (the plot) from its own lock: the test lock plus
+# the `bench` extra, the shared packages at the same versions.
+BENCH_LOCK := requirements/bench.lock
+$(VENV)/.bench-installed: $(BENCH_LOCK) $(VENV)/.installed
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r $(BENCH_LOCK)
+	$(PY) -m pip check
+	touch $@
+
 lock:
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet uv==$(UV_VERSION)
 	$(VENV)/bin/uv pip compile pyproject.toml requirements/build.in --extra test $(LOCK_ARGS) -o requirements/test.lock
 	$(VENV)/bin/uv pip compile pyproject.toml $(LOCK_ARGS) -o requirements/runtime.lock
+	$(VENV)/bin/uv pip compile pyproject.toml requirements/build.in --extra test --extra bench $(LOCK_ARGS) -o requirements/bench.lock
 	@rm -f $(VENV)/.installed
 	@echo "locks refreshed: review the diff of requirements/*.lock, then make test"
 
@@ -114,7 +123,7 @@ demo: venv base-prereqs controlplane
 demo-down: venv
 	@bash hack/demo.sh down
 
-bench: venv controlplane
+bench: venv $(VENV)/.bench-installed controlplane
 	$(PY) -m bench.run
 
 clean:

@@ -1,0 +1,146 @@
+"""Where the time goes: the notes under the goals table, built from what this
+run measured (a missed goal is explained with its own numbers)."""
+
+from __future__ import annotations
+
+import statistics
+
+from .common import kinds_of_requests, per_unit
+from .report import Results
+
+
+def analyse(r: Results) -> list[str]:
+    notes: list[str] = []
+    m = r.machine
+    if m.load[0] > m.cpus or r.load_end[0] > m.cpus:
+        notes.append(
+            f"- **The machine was shared.** Load average {m.load[0]:.1f} at the start and"
+            f" {r.load_end[0]:.1f} at the end on {m.cpus} CPUs (other work: "
+            f"{'; '.join(m.busy + r.busy_end) or 'not caught in the samples'}). Every time"
+            " here is longer than on an idle machine, and the API server, etcd and the"
+            " operator got less than the 2 cores. gitferry and kubectl ran in the same run"
+            " on the same machine, so their ratio is fairer than either absolute time."
+        )
+    notes += _p1(r)
+    notes += _threads(r)
+    p = r.p1_at(1000)
+    if p is not None and p.peak_rss_mib > 200:
+        per_sync = (p.peak_rss_mib - p.rss_at_start_mib) / p.n * 1024
+        growth = ", ".join(f"{x.n}: {x.peak_rss_mib:.0f}" for x in sorted(r.p1, key=lambda x: x.n))
+        after = f"; {p.steady.rss_mib:.0f} MiB resident after the steady state" if p.steady else ""
+        notes.append(
+            f"- **Memory** at 1000 syncs: {p.peak_rss_mib:.0f} MiB peak, missed by"
+            f" {p.peak_rss_mib - 200:.0f} MiB: {p.rss_at_start_mib:.0f} MiB before the first"
+            f" sync (Python, Kopf, the clients), then about {per_sync:.0f} KiB per sync (peak"
+            f" RSS in MiB by N: {growth}){after}. It grows with the syncs, not with"
+            " time. Not broken down here: the watch cache's share is small (about 2 KiB"
+            " an object, 8 KiB a sync of 4, measured by tests/e2e/test_watch_library.py); the"
+            " rest is per-sync state: Kopf's daemon task and its copy of the body, the sync"
+            " cache's body (status, inventory, Kopf's last-handled annotation), the drift"
+            " baseline and the per-sync metric series. The peak varies by several MiB from"
+            " run to run."
+        )
+    if p is not None and p.steady is not None and p.steady.percent > 10:
+        s = p.steady
+        per = s.cpu_own / max(1, s.reconciles) * 1000
+        notes.append(
+            f"- **Steady-state CPU** {s.percent:.1f} % of a core: {s.reconciles} reconciles in"
+            f" {s.seconds:.0f} s ({s.reconciles / s.seconds:.1f} per second), {per:.1f} ms of"
+            f" CPU each, {s.noop_reconciles} of them answered by the watch cache."
+        )
+    if r.noop is not None and r.noop.durations_ms:
+        ms = statistics.median(r.noop.durations_ms)
+        if ms > 20 or r.noop.in_namespace:
+            notes.append(
+                f"- **No-op reconcile**: {ms:.0f} ms median, {r.noop.in_namespace} requests"
+                " about the sync in the window: the interval's git question (through the"
+                " shared cache) and the comparison with the watch cache."
+            )
+    return notes
+
+
+def _p1(r: Results) -> list[str]:
+    missed = [p for p in r.p1 if p.n in (100, 1000) and (p.ratio > 1.5 or
+              (p.n == 1000 and p.gitferry_s > 60))]  # fmt: skip
+    if not missed:
+        return []
+    p = max(missed, key=lambda x: x.n)
+    if p.requests is None:
+        return []
+    rate = p.requests.total / p.gitferry_s
+    k_rate = p.kubectl_requests / p.kubectl_s
+    kinds = kinds_of_requests(p.requests.calls)
+    per = per_unit(kinds, p.n)
+    dry = sum(v for k, v in kinds.items() if "dry-run" in k) / p.n
+    reads = kinds.get("object get", 0) / p.n
+    status = sum(v for k, v in kinds.items() if k.startswith("sync status")) / p.n
+    meta = sum(v for k, v in kinds.items() if k.startswith("sync metadata")) / p.n
+    kopf = sum(v for k, v in kinds.items() if k.startswith("Kopf")) / p.n
+    queued = (
+        f", with up to {p.max_queued:.0f} syncs queued for a thread"
+        " (`gitferry_reconcile_queue_depth`, every 5 s)"
+        if p.max_queued is not None
+        else ""
+    )
+    saturated = (
+        " The machine's CPUs were nearly all busy: what limits both is the API server and"
+        " etcd answering requests on these 2 cores."
+        if p.machine_gitferry >= 85
+        else ""
+    )
+    return [
+        f"- **P1, N = {p.n}: {p.gitferry_s:.0f} s, {p.ratio:.1f} × kubectl.** The operator"
+        f" is not what is busy: it used {p.cpu_own / p.gitferry_s * 100:.0f} % of one core;"
+        f" its {p.threads} reconcile threads were {p.busy * 100:.0f} % busy, each waiting"
+        f" on a request{queued}. While it ran, the machine was"
+        f" {p.machine_gitferry:.0f} % busy ({_shares(p.cpu_gitferry)}); during kubectl's"
+        f" run {p.machine_kubectl:.0f} % ({_shares(p.cpu_kubectl)}).{saturated} The API"
+        f" server answered the operator {rate:.0f} requests per second and kubectl"
+        f" {k_rate:.0f}, about the same rate, so the time follows the number of requests."
+        f" gitferry asks {p.per_sync:.1f} requests for a new sync of 4 objects, kubectl"
+        f" {p.kubectl_requests / p.n:.1f} per 4 objects (one server-side apply each, after"
+        f" its discovery): the ratio of requests ({p.per_sync / (p.kubectl_requests / p.n):.1f})"
+        f" is about the ratio of times ({p.ratio:.1f}). Per sync: {per}.",
+        "- What the extra requests buy, and what would remove them (each a design change,"
+        " not made here): the dry-run of every object before any is written"
+        f" ({dry:.1f} per sync: a stage's invalid object fails the stage before anything is"
+        " written — for objects that do not exist yet a create could go without it); the"
+        f" ownership reads ({reads:.1f} GETs: whose object is it? — the drift watch cache"
+        " already holds gitferry's labels and annotations of every object it applied, and"
+        " a new object is in no cache); the sync's status"
+        f" ({status:.1f}: Progressing for the new generation, the inventory before the"
+        " apply for crash safety, then Ready — the first two could be one write) and its"
+        f" ApplySet parent metadata ({meta:.1f}); Kopf's own patches of the sync ({kopf:.1f}:"
+        " its finalizer and its bookkeeping annotations). Dropping the dry-run of new objects"
+        " and reading owners from the cache would halve the requests of a new sync.",
+    ]
+
+
+def _shares(shares: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.0f} %" for k, v in shares.items())
+
+
+def _threads(r: Results) -> list[str]:
+    if not r.p1_threads:
+        return []
+    more = r.p1_threads[0]
+    base = r.p1_at(more.n)
+    if base is None or not base.reconcile_ms or not more.reconcile_ms:
+        return []
+    change = (more.gitferry_s / base.gitferry_s - 1) * 100
+    slower = statistics.median(more.reconcile_ms) / statistics.median(base.reconcile_ms)
+    verdict = (
+        "More threads would pay here: the default is worth raising."
+        if change < -25
+        else f"The default stays {base.threads}: the threads only wait longer each."
+    )
+    return [
+        f"- **More reconcile threads?** At N = {more.n}, {more.threads} threads instead of"
+        f" {base.threads} took {more.gitferry_s:.1f} s instead of {base.gitferry_s:.1f} s"
+        f" ({change:+.0f} %; load {more.load:.1f} against {base.load:.1f} when each began),"
+        f" while each reconcile took {slower:.1f} × longer (p50"
+        f" {statistics.median(more.reconcile_ms):.0f} ms against"
+        f" {statistics.median(base.reconcile_ms):.0f} ms: the requests wait at the API"
+        f" server) and the peak RSS was {more.peak_rss_mib:.0f} MiB against"
+        f" {base.peak_rss_mib:.0f}. {verdict}"
+    ]
