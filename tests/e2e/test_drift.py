@@ -179,7 +179,9 @@ def test_a_fighting_field_manager_is_backed_off_and_named(
         if e["objectRef"].get("resource") == "deployments"
     ]  # fmt: skip
     print(f"the autoscaler wrote {fights} times, gitferry {len(corrections)} times")
-    assert len(corrections) < fights / 2  # backoff, not a hot loop
+    # Backoff, not a hot loop: three quick corrections, then 4 s, 8 s, 16 s… apart,
+    # however often the other side writes (a hot loop would match it write for write).
+    assert len(corrections) <= 8
     conflicts = [e for e in events_for(cluster, "fight", namespace)
                  if e["reason"] == "FieldManagerConflict"]  # fmt: skip
     assert len(conflicts) == 1 and conflicts[0].get("count", 1) == 1
@@ -209,5 +211,5 @@ def test_watches_recover_after_the_api_server_restarts(
     wait_for(
         "the ConfigMap put back after the restart",
         lambda: (cluster.get("configmap", "settings", namespace) or {}).get("data") == {"v": "git"},
-        40,
+        90,  # the watches reconnect with backoff (at most 30 s apart)
     )
