@@ -21,8 +21,9 @@ How one kind is watched (one thread per kind, `watch-<Kind>[.<group>]`):
   vanished as DELETED (from the cached Meta), then `on_relist`.
 - The connection breaks, 5xx, 429: reconnect with exponential backoff (0.5 s to
   30 s, jittered) from the last version; a 410 there leads to a relist.
-- 403: the kind is `forbidden: …` (logged once) and tried again after
-  `forbidden_retry`. A kind the API does not serve (yet: a CRD not installed),
+- 403: the kind is `forbidden: …` (logged once) and tried again after 5 s,
+  doubling up to `forbidden_retry` (a restarted API server refuses until its
+  authorizer has loaded RBAC). A kind the API does not serve (yet: a CRD not installed),
   or one without list and watch, is `unwatchable: …` and looked up again once
   discovery knows it (someone else's refresh) or after `unwatchable_retry`.
 
@@ -158,6 +159,7 @@ class _Watch:
         self.resource: Resource | None = None
         self.refresh_discovery = False  # a 404: the kind may be gone
         self.last_refresh = 0.0
+        self.forbidden_in_row = 0  # 403s since the last synced watch
 
 
 class Watcher:
@@ -319,7 +321,11 @@ class Watcher:
                 log.warning("action=watch kind=%s group=%s result=forbidden error=%s",
                             kind, group, e.message)  # fmt: skip
             w.rv = None  # nobody watched meanwhile: a LIST says what changed
-            self._pause(w, self.options.forbidden_retry, f"forbidden: {e.message}")
+            # 5 s, 10 s, … up to forbidden_retry: an API server that has just
+            # started refuses until its authorizer has loaded RBAC.
+            delay = min(self.options.forbidden_retry, 5.0 * 2**w.forbidden_in_row)
+            w.forbidden_in_row += 1
+            self._pause(w, delay, f"forbidden: {e.message}")
         elif e.status == 404:  # the kind is gone (its CRD deleted) or moved version
             w.refresh_discovery = True
             w.rv = None
@@ -339,6 +345,8 @@ class Watcher:
         with self._lock:
             was = w.state
             w.state, w.synced = state, synced and not w.stop.is_set()
+        if synced:
+            w.forbidden_in_row = 0
         if synced and was != "synced":
             log.info("action=watch kind=%s group=%s state=synced objects=%d",
                      w.gk[1], w.gk[0], len(w.cache))  # fmt: skip
