@@ -243,18 +243,20 @@ def test_a_field_taken_by_a_merge_patch_shows_and_others_changes_do_not(
     first = until("app to be ADDED", lambda: rec.of("app", "ADDED"))[0]
     assert first.meta.fields is not None
     assert "spec.template.spec.containers[name=web].image" in field_paths(first.meta.fields)
-    status = until(
+
+    def status_fields(e: Any) -> set[str]:
+        entry = next((m for m in e.managed_fields if m.get("subresource") == "status"), None)
+        return field_paths(entry["fieldsV1"]) if entry else set()
+
+    # The controller writes its status in steps: wait for the one with observedGeneration.
+    until(
         "the controller's status",
         lambda: [
-            e
-            for e in rec.of("app", "MODIFIED")
-            if any(m.get("subresource") == "status" for m in e.managed_fields)
+            e for e in rec.of("app", "MODIFIED")
+            if "status.observedGeneration" in status_fields(e)
         ],
-    )
+    )  # fmt: skip
     assert {e.meta.fields for e in rec.of("app")} == {first.meta.fields}
-    assert "status.observedGeneration" in field_paths(
-        next(m for m in status[-1].managed_fields if m.get("subresource") == "status")["fieldsV1"]
-    )
 
     # Deletion arrives, and leaves the cache.
     cluster.kubectl("delete", "configmap", "web", "-n", namespace, "--wait=false")
