@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import pickle
 import sys
 import tempfile
 import time
@@ -94,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default=",".join(SECTIONS), help=f"of {','.join(SECTIONS)}")
     ap.add_argument("--env", action="append", default=[], help="KEY=VALUE for every operator")
     ap.add_argument("--no-steady", action="store_true", help="skip the steady state at 1000")
+    ap.add_argument("--save", help="also pickle the measurements to this file")
+    ap.add_argument("--report", help="no measuring: write the report of a --save file")
     ap.add_argument("--out", default=str(REPO / "BENCHMARKS.md"))
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
@@ -103,8 +106,13 @@ def main(argv: list[str] | None = None) -> int:
     sizes = sorted(int(n) for n in args.sizes.split(","))
     only = set(args.only.split(","))
     out = Path(args.out)
-    with tempfile.TemporaryDirectory(prefix="gitferry-bench-") as tmp:
-        res = run(Path(tmp), sizes, only, steady=not args.no_steady)
+    if args.report:
+        res = pickle.loads(Path(args.report).read_bytes())
+    else:
+        with tempfile.TemporaryDirectory(prefix="gitferry-bench-") as tmp:
+            res = run(Path(tmp), sizes, only, steady=not args.no_steady)
+    if args.save:
+        Path(args.save).write_bytes(pickle.dumps(res))
     if res.p1:
         plot = out.parent / PLOT
         plot.parent.mkdir(parents=True, exist_ok=True)
