@@ -124,7 +124,7 @@ demo-down: venv
 	@bash hack/demo.sh down
 
 bench: venv $(VENV)/.bench-installed controlplane
-	$(PY) -m bench.run
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(CLUSTER_DIR) .mypy_cache .ruff_cache .pytest_cache

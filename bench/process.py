@@ -106,10 +106,13 @@ class GitferryProcess:
             raise RuntimeError("the operator's start line names no metrics_addr")
         return f"http://{found.group(1)}/metrics"
 
+    def metrics_text(self) -> str:
+        with urllib.request.urlopen(self.metrics_url, timeout=10) as r:
+            return str(r.read().decode())
+
     def metrics(self) -> dict[str, float]:
         """Every sample on /metrics: `name{label="v",…}` → value (labels sorted)."""
-        with urllib.request.urlopen(self.metrics_url, timeout=10) as r:
-            text = r.read().decode()
+        text = self.metrics_text()
         out: dict[str, float] = {}
         for family in text_string_to_metric_families(text):
             for s in family.samples:

@@ -11,7 +11,7 @@ from . import direct
 from .common import Machine, kinds_of_requests, per_unit, percentile
 from .drift import EDITS, NOOP_INTERVAL, Latency, NoOp
 from .git_traffic import Traffic
-from .scale import P1, STEADY_SECONDS, BigSync
+from .scale import P1, BigSync
 
 PLOT = "bench/time-to-ready.png"
 
@@ -217,7 +217,8 @@ def p1_section(r: Results) -> list[str]:
             f" processes it started. {s.reconciles} reconciles ran, {s.noop_reconciles} of"
             f" them answered by the watch cache (no API request); git was asked"
             f" {', '.join(f'{k} {v:.0f}×' for k, v in sorted(s.git.items())) or 'nothing'}"
-            f" (`gitferry_git_requests_total`). RSS at the end: {s.rss_mib:.0f} MiB.",
+            f" (`gitferry_git_requests_total`). RSS at the end: {s.rss_mib:.0f} MiB. One"
+            f" /metrics page: {s.metrics_kib:.0f} KiB.",
             "",
         ]
     if r.big is not None:
@@ -382,6 +383,3 @@ def render(r: Results, notes: list[str]) -> str:
 
 def now() -> datetime:
     return datetime.now(UTC)
-
-
-STEADY = STEADY_SECONDS

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import pickle
 import sys
 import tempfile
 import time
@@ -41,7 +42,7 @@ THREADS_AT = 300  # P1's N measured again with more reconcile threads
 SECTIONS = ("direct", "drift", "traffic", "big", "p1", "render")
 
 
-def run(work: Path, sizes: list[int], only: set[str]) -> Results:
+def run(work: Path, sizes: list[int], only: set[str], steady: bool = True) -> Results:
     t_start = time.monotonic()
     load = os.getloadavg()
     busy = other_work()
@@ -67,7 +68,7 @@ def run(work: Path, sizes: list[int], only: set[str]) -> Results:
                 res.big = scale.big_sync(bench)
             if "p1" in only:
                 for n in sizes:
-                    res.p1.append(scale.p1(bench, n, steady=n == 1000))
+                    res.p1.append(scale.p1(bench, n, steady=n == 1000 and steady))
                 if THREADS_AT in sizes and "GITFERRY_MAX_CONCURRENT_RECONCILES" not in EXTRA_ENV:
                     # Would more reconcile threads help? The same N, 4 × the default.
                     more = {"GITFERRY_MAX_CONCURRENT_RECONCILES": str(4 * scale.threads({}))}
@@ -93,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", default="10,100,300,1000", help="P1's N values")
     ap.add_argument("--only", default=",".join(SECTIONS), help=f"of {','.join(SECTIONS)}")
     ap.add_argument("--env", action="append", default=[], help="KEY=VALUE for every operator")
+    ap.add_argument("--no-steady", action="store_true", help="skip the steady state at 1000")
+    ap.add_argument("--save", help="also pickle the measurements to this file")
+    ap.add_argument("--report", help="no measuring: write the report of a --save file")
     ap.add_argument("--out", default=str(REPO / "BENCHMARKS.md"))
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
@@ -102,8 +106,13 @@ def main(argv: list[str] | None = None) -> int:
     sizes = sorted(int(n) for n in args.sizes.split(","))
     only = set(args.only.split(","))
     out = Path(args.out)
-    with tempfile.TemporaryDirectory(prefix="gitferry-bench-") as tmp:
-        res = run(Path(tmp), sizes, only)
+    if args.report:
+        res = pickle.loads(Path(args.report).read_bytes())
+    else:
+        with tempfile.TemporaryDirectory(prefix="gitferry-bench-") as tmp:
+            res = run(Path(tmp), sizes, only, steady=not args.no_steady)
+    if args.save:
+        Path(args.save).write_bytes(pickle.dumps(res))
     if res.p1:
         plot = out.parent / PLOT
         plot.parent.mkdir(parents=True, exist_ok=True)

@@ -37,6 +37,9 @@ from .process import EXTRA_ENV, USER, GitferryProcess, durations_ms
 
 INTERVAL = "1m"  # issue 11: the steady state at 1000 syncs is measured at interval 1m
 STEADY_SECONDS = 180.0
+# Seconds between two scrapes of the operator's /metrics during P1 (the reconcile
+# queue's depth); 0: none. A scrape at 1000 syncs renders every sync's series.
+QUEUE_EVERY = float(os.environ.get("BENCH_QUEUE_EVERY", "15"))
 
 
 @dataclass
@@ -50,6 +53,7 @@ class Steady:
     noop_reconciles: int  # of them, answered by the watch cache
     git: dict[str, float]  # git requests (ls-remote, fetch) in the window
     rss_mib: float
+    metrics_kib: float = 0.0  # one /metrics page
 
     @property
     def percent(self) -> float:
@@ -174,8 +178,9 @@ def p1(bench: Bench, n: int, steady: bool = False, env: dict[str, str] | None = 
         cpu0 = proc.cpu()
         offset, wall0 = audit_size(bench.cp), time.time()
         g_watch = CpuWatch({**control_plane(bench), "gitferry": proc.pid})
-        sampler = QueueSampler(proc)
-        sampler.start()
+        sampler = QueueSampler(proc, QUEUE_EVERY)
+        if QUEUE_EVERY > 0:
+            sampler.start()
         t0 = time.monotonic()
         with g_watch:
             bench.api.create_syncs(syncs)
@@ -259,6 +264,7 @@ def measure_steady(proc: GitferryProcess, seconds: float) -> Steady:
         noop_reconciles=sum("unchanged (watch cache)" in x for x in lines) - noop0,
         git={k: v - git0.get(k, 0) for k, v in git1.items()},
         rss_mib=proc.rss_mib(),
+        metrics_kib=len(proc.metrics_text()) / 1024,
     )
     say(f"  steady: {out.percent:.1f} % of a core (+{out.percent_children:.1f} % in git),"
         f" {out.reconciles} reconciles ({out.noop_reconciles} from the watch cache),"

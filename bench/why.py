@@ -7,6 +7,7 @@ import statistics
 
 from .common import kinds_of_requests, per_unit
 from .report import Results
+from .scale import QUEUE_EVERY
 
 
 def analyse(r: Results) -> list[str]:
@@ -37,8 +38,8 @@ def analyse(r: Results) -> list[str]:
             " an object, 8 KiB a sync of 4, measured by tests/e2e/test_watch_library.py); the"
             " rest is per-sync state: Kopf's daemon task and its copy of the body, the sync"
             " cache's body (status, inventory, Kopf's last-handled annotation), the drift"
-            " baseline and the per-sync metric series. The peak varies by several MiB from"
-            " run to run."
+            " baseline and the per-sync metric series. With the same code the peak varies"
+            " from run to run by tens of MiB; why is not found here."
         )
     if p is not None and p.steady is not None and p.steady.percent > 10:
         s = p.steady
@@ -78,10 +79,11 @@ def _p1(r: Results) -> list[str]:
     kopf = sum(v for k, v in kinds.items() if k.startswith("Kopf")) / p.n
     queued = (
         f", with up to {p.max_queued:.0f} syncs queued for a thread"
-        " (`gitferry_reconcile_queue_depth`, every 5 s)"
+        f" (`gitferry_reconcile_queue_depth`, every {QUEUE_EVERY:g} s)"
         if p.max_queued is not None
         else ""
     )
+    req_ratio = p.per_sync / (p.kubectl_requests / p.n)
     saturated = (
         " The machine's CPUs were nearly all busy: what limits both is the API server and"
         " etcd answering requests on these 2 cores."
@@ -94,13 +96,14 @@ def _p1(r: Results) -> list[str]:
         f" its {p.threads} reconcile threads were {p.busy * 100:.0f} % busy, each waiting"
         f" on a request{queued}. While it ran, the machine was"
         f" {p.machine_gitferry:.0f} % busy ({_shares(p.cpu_gitferry)}); during kubectl's"
-        f" run {p.machine_kubectl:.0f} % ({_shares(p.cpu_kubectl)}).{saturated} The API"
-        f" server answered the operator {rate:.0f} requests per second and kubectl"
-        f" {k_rate:.0f}, about the same rate, so the time follows the number of requests."
+        f" run {p.machine_kubectl:.0f} % ({_shares(p.cpu_kubectl)}).{saturated} The time"
+        " is the requests over the rate they are answered at:"
         f" gitferry asks {p.per_sync:.1f} requests for a new sync of 4 objects, kubectl"
-        f" {p.kubectl_requests / p.n:.1f} per 4 objects (one server-side apply each, after"
-        f" its discovery): the ratio of requests ({p.per_sync / (p.kubectl_requests / p.n):.1f})"
-        f" is about the ratio of times ({p.ratio:.1f}). Per sync: {per}.",
+        f" {p.kubectl_requests / p.n:.1f} per 4 objects (one server-side apply each, its"
+        f" discovery cached), {req_ratio:.1f} × as many; the API server answered the"
+        f" operator {rate:.0f} requests per second and kubectl {k_rate:.0f}"
+        f" ({k_rate / rate:.2f} ×): {req_ratio:.1f} × {k_rate / rate:.2f} ="
+        f" {req_ratio * k_rate / rate:.1f} × kubectl's time. Per sync: {per}.",
         "- What the extra requests buy, and what would remove them (each a design change,"
         " not made here): the dry-run of every object before any is written"
         f" ({dry:.1f} per sync: a stage's invalid object fails the stage before anything is"
@@ -127,20 +130,22 @@ def _threads(r: Results) -> list[str]:
     base = r.p1_at(more.n)
     if base is None or not base.reconcile_ms or not more.reconcile_ms:
         return []
-    change = (more.gitferry_s / base.gitferry_s - 1) * 100
+    # The machine's other work changes between the two runs: each is compared with
+    # the kubectl run made just before it, on the same machine state.
+    change = (more.ratio / base.ratio - 1) * 100
     slower = statistics.median(more.reconcile_ms) / statistics.median(base.reconcile_ms)
     verdict = (
         "More threads would pay here: the default is worth raising."
         if change < -25
-        else f"The default stays {base.threads}: the threads only wait longer each."
+        else f"The default stays {base.threads}: each reconcile only waits longer."
     )
     return [
         f"- **More reconcile threads?** At N = {more.n}, {more.threads} threads instead of"
-        f" {base.threads} took {more.gitferry_s:.1f} s instead of {base.gitferry_s:.1f} s"
-        f" ({change:+.0f} %; load {more.load:.1f} against {base.load:.1f} when each began),"
-        f" while each reconcile took {slower:.1f} × longer (p50"
-        f" {statistics.median(more.reconcile_ms):.0f} ms against"
-        f" {statistics.median(base.reconcile_ms):.0f} ms: the requests wait at the API"
-        f" server) and the peak RSS was {more.peak_rss_mib:.0f} MiB against"
+        f" {base.threads}: {more.gitferry_s:.1f} s = {more.ratio:.2f} × kubectl (its run just"
+        f" before: {more.kubectl_s:.1f} s) against {base.gitferry_s:.1f} s = {base.ratio:.2f} ×"
+        f" ({base.kubectl_s:.1f} s): {change:+.0f} % against kubectl, while each reconcile"
+        f" took {slower:.1f} × longer (p50 {statistics.median(more.reconcile_ms):.0f} ms"
+        f" against {statistics.median(base.reconcile_ms):.0f} ms: the requests wait at the"
+        f" API server) and the peak RSS was {more.peak_rss_mib:.0f} MiB against"
         f" {base.peak_rss_mib:.0f}. {verdict}"
     ]
