@@ -148,6 +148,8 @@ class Run:
         self.info: RevisionInfo | None = None
         # Ready for this generation when the reconcile began: becoming Ready wakes dependents.
         self.was_ready = status_.ready == "True" and status_.observed_generation == meta.generation
+        # This reconcile already wrote "reconciling generation N" (Progressing).
+        self.progressing_written = False
 
     def write(
         self, conditions: list[Condition], deadline: Deadline | None = None, **fields: Any
@@ -435,6 +437,7 @@ def _pipeline(run: Run, sync: Sync) -> Outcome:
         if spec_changed:
             # kubectl wait right after a spec change must never see the old Ready.
             run.write(status.progressing(f"reconciling generation {sync.generation}"), deadline)
+            run.progressing_written = True
     if checkout is None:
         ctx.check_running("fetch")
         with in_stage(Stage.FETCH, timeout):
@@ -768,7 +771,15 @@ def _apply(
     )
     if revision != run.status.last_applied_revision:
         run.report(Phase.PENDING, Reason.PROGRESSING, f"applying {revision}", revision)
-    if revision != run.status.last_applied_revision or grown != (run.status.inventory or ()):
+    # The inventory grows before any write (a crash leaves nothing unknown). A
+    # sync with no inventory yet needs no write for that: its ApplySet parent,
+    # just written, names the kinds and namespaces, and its objects' labels do
+    # the rest (_old_inventory). When the status already says "reconciling" this
+    # generation, that write is left out (one request of a new sync's few).
+    new_sync = run.status.inventory is None and run.progressing_written
+    if not new_sync and (
+        revision != run.status.last_applied_revision or grown != (run.status.inventory or ())
+    ):
         run.write(
             # After a failure, kstatus readers see that this is a retry.
             status.progressing(
@@ -777,7 +788,10 @@ def _apply(
             deadline,
             inventory=grown,
         )
-    changes = plan.engine.apply(plan.items, deadline, plan.live)
+    # Nothing applied yet: no last good state to keep, so objects that do not exist
+    # are created without a dry-run first (half the requests of a new sync).
+    first = not old and run.status.last_applied_revision is None
+    changes = plan.engine.apply(plan.items, deadline, plan.live, validate_creates=not first)
     for it in plan.items:
         if plan.verdicts[it.ref].claimed_by_us:
             _set_claim(plan.engine, plan.client, it.ref, None, deadline)

@@ -15,7 +15,12 @@ from typing import Any
 from . import health
 from .alerts import Notifier, NotifySettings
 from .api import SyncKey, SyncStatus, parse_spec
-from .constants import FIELD_MANAGER, LABEL_SYNC_NAME, LABEL_SYNC_NAMESPACE
+from .constants import (
+    ANNOTATION_REQUESTED_AT,
+    FIELD_MANAGER,
+    LABEL_SYNC_NAME,
+    LABEL_SYNC_NAMESPACE,
+)
 from .context import Context
 from .drift import Drift
 from .errors import InvalidSpec
@@ -30,7 +35,7 @@ from .scheduler import Scheduler
 from .settings import Settings
 from .source import GitSource, SourceSettings
 from .status import StatusWriter
-from .syncs import SyncCache
+from .syncs import SyncCache, Triggers
 from .uninstall import crd_deleting, orphan_all
 
 log = logging.getLogger("gitferry.runtime")
@@ -48,6 +53,8 @@ class Runtime:
     # Bound at start, served by serve() once the event loop runs.
     _listener: socket.socket | None = None
     _server: MetricsServer | None = None
+    # A new generation or requested-at in Kopf's events: reconcile now.
+    _triggers: Triggers = field(default_factory=Triggers)
 
     @classmethod
     def start(cls, settings: Settings | None = None) -> Runtime:
@@ -154,24 +161,32 @@ class Runtime:
         return cls(ctx, scheduler, notifier, receiver, _listener=listener)
 
     def observe(self, event_type: str | None, body: dict[str, Any]) -> None:
-        """A watch event of a sync (Kopf's): the sync cache keeps the newest body."""
+        """A watch event of a sync (Kopf's): the sync cache keeps the newest body,
+        and a new generation or `gitferry.dev/requested-at` asks its worker for a
+        reconcile now (syncs.Triggers)."""
+        meta = body.get("metadata") or {}
+        key = SyncKey(str(meta.get("namespace") or ""), str(meta.get("name") or ""))
         if event_type == "DELETED":
-            meta = body.get("metadata") or {}
-            self.context.syncs.remove(
-                SyncKey(meta.get("namespace", ""), meta.get("name", "")), body
-            )
+            self.context.syncs.remove(key, body)
         else:
             self.context.syncs.observe(body)
+        why = self._triggers.observe(event_type, body)
+        if why is not None:
+            self.scheduler.request(key, why)
 
     def first_delay(self, body: dict[str, Any]) -> float:
         """Seconds before a sync's first reconcile here: 0 for a new or changed
-        sync; for one already Ready at its generation (an operator restart), a
+        sync, or one whose requested-at is unhandled; for one already Ready at its generation (an operator restart), a
         random point within min(its interval, GITFERRY_STARTUP_SPREAD), so that a
         thousand syncs are re-verified spread out, not all at once."""
         status = SyncStatus.from_dict(body.get("status"))
-        generation = int((body.get("metadata") or {}).get("generation") or 0)
+        meta = body.get("metadata") or {}
+        generation = int(meta.get("generation") or 0)
+        requested = (meta.get("annotations") or {}).get(ANNOTATION_REQUESTED_AT)
         if status.ready != "True" or status.observed_generation != generation:
             return 0.0
+        if requested and requested != status.last_handled_reconcile_at:
+            return 0.0  # asked for while the operator was away: a person waits
         try:
             interval = parse_spec(body.get("spec") or {}).interval
         except InvalidSpec:

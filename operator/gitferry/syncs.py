@@ -16,6 +16,7 @@ import threading
 from typing import Any
 
 from .api import SyncKey
+from .constants import ANNOTATION_REQUESTED_AT
 
 
 def _key(body: dict[str, Any]) -> SyncKey:
@@ -83,3 +84,50 @@ class SyncCache:
     def __len__(self) -> int:
         with self._lock:
             return len(self._bodies)
+
+
+class Triggers:
+    """What in a sync's watch events asks for a reconcile now: a new generation
+    (its spec changed) or a new `gitferry.dev/requested-at`.
+
+    gitferry judges these itself from the watch events instead of letting Kopf
+    diff each body against a copy it keeps in an annotation: Kopf writes that
+    annotation whenever any label or annotation changes (the ApplySet parent's
+    included), one more PATCH of the sync each time (issue 11: a new sync cost 3
+    of Kopf's patches). Only Kopf's events feed it, never gitferry's own writes:
+    a status write that returns the new generation must not hide the change.
+
+    A sync seen for the first time triggers nothing here: its worker starts and
+    reconciles it (at once when its generation or request is unhandled)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[SyncKey, tuple[int, str]] = {}
+        self._lock = threading.Lock()
+
+    def observe(self, event_type: str | None, body: dict[str, Any]) -> str | None:
+        """The reason to reconcile now ("update", "requested-at"), or None."""
+        key = _key(body)
+        if event_type == "DELETED":
+            with self._lock:
+                self._seen.pop(key, None)
+            return None
+        meta = body.get("metadata") or {}
+        try:
+            generation = int(meta.get("generation") or 0)
+        except (TypeError, ValueError):
+            generation = 0
+        requested = str((meta.get("annotations") or {}).get(ANNOTATION_REQUESTED_AT) or "")
+        with self._lock:
+            before = self._seen.get(key)
+            self._seen[key] = (generation, requested)
+        if before is None:
+            return None
+        if generation != before[0]:
+            return "update"
+        if requested and requested != before[1]:
+            return "requested-at"
+        return None
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._seen)

@@ -569,3 +569,29 @@ def test_crash_between_apply_and_prune_leaks_nothing(
     assert cluster.get("configmap", "a", namespace) is not None
     assert cluster.get("configmap", "c", namespace) is not None
     assert inventory_ids(sync) == {f"{namespace}_a__ConfigMap", f"{namespace}_c__ConfigMap"}
+
+
+def test_crash_in_a_new_syncs_first_apply_leaks_nothing(
+    operator_factory: Callable[..., Operator],
+    cluster: Cluster,
+    namespace: str,
+    repo_factory: RepoFactory,
+) -> None:
+    """A new sync writes no inventory before its first apply (one request less):
+    its ApplySet parent names the kinds, and the objects' labels say whose they
+    are, so what a crashed first apply created is still pruned."""
+    repo = repo_factory("crash-new")
+    repo.commit({"a.yaml": config_map("a"), "b.yaml": config_map("b")}, "ab")
+    repo.push()
+    create_sync(cluster, "web", namespace, repo.bare.file_url)
+    start_and_wait_for_crash(operator_factory, namespace)
+    assert cluster.get("configmap", "b", namespace) is not None, "the crashed run never applied b"
+    assert (read_sync(cluster, "web", namespace).get("status") or {}).get("inventory") is None
+
+    sha2 = repo.commit({"b.yaml": None}, "drop b")
+    repo.push()
+    operator_factory(namespace)
+    sync = wait_condition(cluster, "web", namespace, revision_sha=sha2)
+    wait_gone(cluster, "configmap", "b", namespace)
+    assert cluster.get("configmap", "a", namespace) is not None
+    assert inventory_ids(sync) == {f"{namespace}_a__ConfigMap"}

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from gitferry.api import SyncKey
-from gitferry.syncs import SyncCache
+from gitferry.syncs import SyncCache, Triggers
 
 KEY = SyncKey("apps", "web")
 
@@ -52,3 +52,29 @@ def test_a_cache_nobody_feeds_holds_nothing() -> None:
     cache = SyncCache()
     cache.observe(body("10"))
     assert cache.get(KEY) is None
+
+
+def event(generation: int, requested: str | None = None) -> dict[str, Any]:
+    notes = {"gitferry.dev/requested-at": requested} if requested else {}
+    return {"metadata": {"namespace": "apps", "name": "web", "generation": generation,
+                         "annotations": notes}}  # fmt: skip
+
+
+def test_triggers_a_new_generation_and_a_new_request_only() -> None:
+    triggers = Triggers()
+    assert triggers.observe("ADDED", event(1)) is None  # its worker starts with it
+    assert triggers.observe("MODIFIED", event(1)) is None  # a status write, a label
+    assert triggers.observe("MODIFIED", event(2)) == "update"
+    assert triggers.observe("MODIFIED", event(2, "t1")) == "requested-at"
+    assert triggers.observe("MODIFIED", event(2, "t1")) is None  # asked once
+    assert triggers.observe(None, event(2, "t1")) is None  # Kopf's relisting
+    assert triggers.observe("MODIFIED", event(2)) is None  # the request removed
+    assert triggers.observe("MODIFIED", event(3, "t2")) == "update"  # both: one reconcile
+
+
+def test_triggers_forget_a_deleted_sync() -> None:
+    triggers = Triggers()
+    triggers.observe("ADDED", event(4))
+    assert triggers.observe("DELETED", event(4)) is None
+    assert len(triggers) == 0
+    assert triggers.observe("ADDED", event(1)) is None  # created again: new

@@ -6,6 +6,11 @@ Per stage (Namespaces and CRDs first, then the rest): every object is dry-run
 with server-side apply before any is written; if any fails, nothing of the
 stage (nor of later ones) is written and every failure is reported at once.
 An object whose dry-run result equals the live object is not written at all.
+
+A caller with no last good state to keep (nothing applied yet) may pass
+`validate_creates=False`: objects that do not exist are then created without a
+dry-run first (as `kubectl apply` does), which halves the requests of a first
+apply; one that fails fails the stage after the others were written.
 """
 
 from __future__ import annotations
@@ -233,14 +238,19 @@ class Engine:
         items: Sequence[Item],
         deadline: Deadline,
         live: dict[ObjRef, dict[str, Any] | None] | None = None,
+        validate_creates: bool = True,
     ) -> ChangeSet:
-        """Apply all items, stage by stage; ApplyError lists every object that failed."""
+        """Apply all items, stage by stage; ApplyError lists every object that failed.
+
+        `live`: the objects as read (None: absent), read here when missing.
+        `validate_creates=False`: absent objects are created without a dry-run
+        (module docstring)."""
         live = dict(live or {})
         result = ChangeSet()
         for stage in stages(items):
             missing = [it for it in stage if it.ref not in live]
             live.update(self.read_live(missing, deadline))
-            changes = self._apply_stage(stage, live, deadline, result.live)
+            changes = self._apply_stage(stage, live, deadline, result.live, validate_creates)
             result.changes += changes
             # Only CRDs this stage wrote can be new to the API: an unchanged one costs
             # no wait and no discovery refresh.
@@ -261,6 +271,7 @@ class Engine:
         live: dict[ObjRef, dict[str, Any] | None],
         deadline: Deadline,
         after: dict[ObjRef, dict[str, Any]],
+        validate_creates: bool = True,
     ) -> list[Change]:
         """Dry-run, then write, one stage; `after` receives each object as it now is."""
         dry_runs: dict[ObjRef, dict[str, Any]] = {}  # what each dry-run returned
@@ -270,6 +281,8 @@ class Engine:
             current = live.get(it.ref)
             if it.create_only and current is not None:
                 return it, "skip", None
+            if current is None and not validate_creates:
+                return it, "create", None
             try:
                 dry = dry_runs[it.ref] = self._apply(it, deadline, dry_run=True)
             except KubeError as e:
@@ -330,7 +343,7 @@ class Engine:
         for rank in ranks:
             batch = [(it, what) for it, what, _ in plans if apply_rank(it.ref.kind) == rank]
 
-            def write(pair: tuple[Item, str]) -> Change:
+            def write(pair: tuple[Item, str]) -> Change | str:
                 it, what = pair
                 version = it.obj.get("apiVersion", "").rpartition("/")[2]
                 current = live.get(it.ref)
@@ -356,11 +369,15 @@ class Engine:
                                           content_type=JSON_PATCH)  # fmt: skip
                     after[it.ref] = self._apply(it, deadline, dry_run=False)
                 except KubeError as e:
-                    raise ApplyError(f"{it.where()}: {e.message}") from None
+                    return f"{it.where()}: {e.message}"
                 action = Action.CREATED if what == "create" else Action.CONFIGURED
                 return Change(it.ref, action, version)
 
-            changes += _parallel(write, batch, self.options.concurrency)
+            done = _parallel(write, batch, self.options.concurrency)
+            failed = [d for d in done if isinstance(d, str)]
+            changes += [d for d in done if not isinstance(d, str)]
+            if failed:  # every failure of the rank at once; later ranks are not written
+                raise ApplyError("; ".join(failed))
         return changes
 
     def _wait_established(self, crds: list[Item], deadline: Deadline) -> None:
