@@ -150,6 +150,8 @@ class Run:
         self.was_ready = status_.ready == "True" and status_.observed_generation == meta.generation
         # This reconcile already wrote "reconciling generation N" (Progressing).
         self.progressing_written = False
+        # The revision and spec were applied before: what this apply writes is drift.
+        self.drift = False
 
     def write(
         self, conditions: list[Condition], deadline: Deadline | None = None, **fields: Any
@@ -196,6 +198,8 @@ class Run:
 
     def changes_message(self, revision: str, changes: ChangeSet) -> str:
         """The Event text of what `revision` changed: who and why, then each object."""
+        if self.drift:  # the commit changed nothing: someone outside git did
+            return change_message(f"{revision}: drift corrected", changes)
         info = self.about(revision)
         head = headline(revision, info.subject, info.author) if info else revision
         return change_message(head, changes)
@@ -207,7 +211,7 @@ class Run:
         """Tell the subscribers (chat, commit statuses) where this sync's revision stands."""
         revision = (revision or self.fields.get("last_attempted_revision")
                     or self.status.last_attempted_revision or "")  # fmt: skip
-        info = self.about(revision)
+        info = None if self.drift else self.about(revision)
         self.ctx.report(
             SyncReport(
                 key=self.key,
@@ -225,6 +229,7 @@ class Run:
                 author=info.author if info else "",
                 subject=info.subject if info else "",
                 paths=info.paths.lines() if info else (),
+                drift=self.drift,
             )
         )  # fmt: skip
 
@@ -467,6 +472,7 @@ def _pipeline(run: Run, sync: Sync) -> Outcome:
         with in_stage(Stage.PRUNE, timeout):
             pruned, final = _prune(run, sync, plan, old, changes, checkout.revision, deadline)
         same = not spec_changed and checkout.revision == run.status.last_applied_revision
+        run.drift = same and run.status.ready == "True"  # not a retry after a failure
         _count(run, changes, drift=same)  # the same revision and spec again: writes were drift
         with in_stage(Stage.STATUS, timeout):
             _check_outcome(run, plan, pruned, final, changes, deadline)

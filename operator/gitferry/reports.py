@@ -36,7 +36,8 @@ class SyncReport:
     never an address) and `subject` are the revision's commit's, `paths` the
     files it changed since the revision applied before (`old -> new` for a
     rename, then `and N more` past 1000); all empty when git could not tell
-    (a first revision, one whose predecessor is not in the local mirror)."""
+    (a first revision, one whose predecessor is not in the local mirror) and
+    for a drift correction (`drift`)."""
 
     key: SyncKey
     uid: str
@@ -50,6 +51,9 @@ class SyncReport:
     author: str = ""
     subject: str = ""
     paths: tuple[str, ...] = ()
+    # The revision was applied before: what was written put back changes made
+    # outside git (drift), and the commit is not what changed anything.
+    drift: bool = False
 
 
 Reporter = Callable[[SyncReport], None]

@@ -147,6 +147,17 @@ def test_a_new_revision_that_changed_nothing_and_a_repeated_drift() -> None:
     assert chat_notice(SPEC, drift, mem, 3) is None  # the same drift put back again
 
 
+def test_a_drift_correction_is_no_commit_s_news() -> None:
+    mem = SyncMemory()
+    assert chat_notice(SPEC, report(Phase.SUCCEEDED), mem, 0) is None
+    drift = report(Phase.SUCCEEDED, changes=("Deployment/apps/web configured",), drift=True)
+    message = chat_notice(SPEC, drift, mem, 1)
+    assert message is not None
+    assert message.title == f"{KEY} corrected drift at main@sha1:{SHA1[:12]}"
+    assert "Changed outside git, put back:\n- Deployment/apps/web configured" in message.body
+    assert "Commit:" not in message.body
+
+
 def test_summary_author_subject_and_capped_changes() -> None:
     spec = dataclasses.replace(SPEC, summary="cluster prod-eu")
     changes = tuple(f"ConfigMap/apps/c{i} created" for i in range(MAX_CHANGES + 5))

@@ -185,7 +185,7 @@ def test_the_event_and_the_report_say_who_changed_what(
     assert "ada@example.invalid" not in repr(reports) + repr(fake.events())
 
 
-def test_a_drift_correction_names_the_commit_it_put_back(
+def test_a_drift_correction_says_so_and_credits_no_commit(
     ctx: Context, fake: FakeKube, repo: WorkRepo
 ) -> None:
     create_sync(fake, repo)
@@ -195,4 +195,7 @@ def test_a_drift_correction_names_the_commit_it_put_back(
     ask_again(fake, "1")
     assert reconcile(ctx, WEB).ok
     revision = f"main@sha1:{repo.head()}"
-    assert len(messages(fake, "ReconciliationSucceeded", f'{revision}: "first" by')) == 2
+    assert len(messages(fake, "ReconciliationSucceeded", f'{revision}: "first" by')) == 1
+    assert messages(fake, "ReconciliationSucceeded", f"{revision}: drift corrected") == [
+        f"{revision}: drift corrected\nConfigMap/apps/a created\ncreated 1"
+    ]

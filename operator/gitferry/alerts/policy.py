@@ -165,6 +165,11 @@ def _changes(changes: tuple[str, ...]) -> list[str]:
 
 
 def applied_message(spec: AlertSpec, report: SyncReport) -> Message:
+    if report.drift:  # no commit changed anything: changes made outside git were put back
+        title = f"{report.key} corrected drift at {short_revision(report.revision)}"
+        body = _head(spec) + _commit(report) + ["Changed outside git, put back:"]
+        body += _changes(report.changes)[1:] if report.changes else _changes(())
+        return Message(title, "\n".join(body), "success")
     title = f"{report.key} applied {short_revision(report.revision)}"
     body = _head(spec) + _commit(report) + _changes(report.changes)
     return Message(title, "\n".join(body), "success")
