@@ -494,7 +494,9 @@ def _pipeline(run: Run, sync: Sync) -> Outcome:
                     fetched_at=time.monotonic(), changes=changes, info=run.info)  # fmt: skip
         if changes.changed:
             run.event(NORMAL, "Progressing", run.changes_message(checkout.revision, changes))
-        return _await_health(run, sync, wait, exprs, summary, changed=changes.changed)
+        # A wait that went on through this apply (kept) lasted: its end is news too.
+        return _await_health(run, sync, wait, exprs, summary,
+                             changed=changes.changed or kept is not None)  # fmt: skip
     with in_stage(Stage.STATUS, timeout):
         _succeed(run, final, changes, checkout.revision, deadline)
     return Outcome(summary)
