@@ -388,7 +388,7 @@ def test_close_removes_what_the_source_wrote(tmp_path: Path, app: WorkRepo) -> N
     source = GitSource(SourceSettings(cache_dir=cache, allow_file_urls=True))
     fetch(source, app.bare.file_url)
     source.close()
-    assert [p.name for p in cache.iterdir()] == ["keep.txt"]
+    assert sorted(p.name for p in cache.iterdir()) == ["fingerprint-key", "keep.txt"]
 
 
 def test_a_crashed_instances_cache_is_removed(tmp_path: Path, app: WorkRepo) -> None:
@@ -400,10 +400,10 @@ def test_a_crashed_instances_cache_is_removed(tmp_path: Path, app: WorkRepo) -> 
         "os._exit(0)"
     )
     subprocess.run([sys.executable, "-c", code, str(cache)], check=True, timeout=60)
-    assert len(list(cache.iterdir())) == 1  # left behind by a process that never closed
+    assert len(list(cache.glob("gitferry-*"))) == 1  # left by a process that never closed
     source = GitSource(SourceSettings(cache_dir=cache))
     try:
-        assert [p for p in cache.iterdir()] == [source._cache.root]
+        assert list(cache.glob("gitferry-*")) == [source._cache.root]
     finally:
         source.close()
 

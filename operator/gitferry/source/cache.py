@@ -4,6 +4,7 @@ No git runs here: `fetcher` drives git and tells the cache what it wrote. This
 module owns the layout, the per-mirror locks, the remembered `ls-remote` answers
 and eviction. Layout, under one directory per GitSource instance:
 
+    <cache_dir>/fingerprint-key    32 random bytes (0600) shared by every instance
     <cache_dir>/gitferry-<random>/
         .lock          flock held while the instance lives (stale ones are removed)
         home/          the empty HOME every git process gets
@@ -17,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import secrets
 import shutil
 import tempfile
 import threading
@@ -30,6 +32,8 @@ from .errors import SourceError
 from .refs import RefsAnswer
 
 INSTANCE_PREFIX = "gitferry-"
+FINGERPRINT_KEY_FILE = "fingerprint-key"
+_FINGERPRINT_KEY_BYTES = 32
 # Without a way for callers to say "done with this checkout", a tree or mirror
 # used this recently is assumed to be in use (a render reading it) and is not
 # evicted, even when that leaves the cache over its bound for a while.
@@ -71,6 +75,7 @@ class DiskCache:
         self._created_cache_dir = not cache_dir.exists()
         cache_dir.mkdir(parents=True, exist_ok=True)
         self._cache_dir = cache_dir
+        self.fingerprint_key = _fingerprint_key(cache_dir)
         _remove_stale_instances(cache_dir)
         self.root = Path(tempfile.mkdtemp(prefix=INSTANCE_PREFIX, dir=cache_dir))
         self._lock_fd = _hold_instance_lock(self.root)
@@ -218,6 +223,8 @@ class DiskCache:
         os.close(self._lock_fd)  # after the removal: no other instance may clean it meanwhile
         if self._created_cache_dir:
             with contextlib.suppress(OSError):
+                if [p.name for p in self._cache_dir.iterdir()] == [FINGERPRINT_KEY_FILE]:
+                    (self._cache_dir / FINGERPRINT_KEY_FILE).unlink()
                 self._cache_dir.rmdir()  # only if empty
 
     def _check_open(self) -> None:
@@ -276,3 +283,32 @@ def _remove_stale_instances(cache_dir: Path) -> None:
         finally:
             os.close(fd)
         _remove(candidate)
+
+
+def _fingerprint_key(cache_dir: Path) -> bytes:
+    """The key of credential fingerprints, shared by every instance on `cache_dir`
+    so that a mirror's name means the same after a restart: read, or created once
+    (written under a temporary name, then linked into place: a reader never sees
+    it half written, and of two instances creating it at once one wins).
+
+    A key that cannot be read whole is replaced: the mirrors named with the old one
+    are then never matched again and are evicted as the least recently used."""
+    path = cache_dir / FINGERPRINT_KEY_FILE
+    for _ in range(2):
+        with contextlib.suppress(FileNotFoundError):
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            with os.fdopen(fd, "rb") as f:
+                key = f.read(_FINGERPRINT_KEY_BYTES + 1)
+            if len(key) == _FINGERPRINT_KEY_BYTES:
+                return key
+            path.unlink()  # damaged: a fresh one below
+        pending = cache_dir / f".{FINGERPRINT_KEY_FILE}.{secrets.token_hex(8)}"
+        fd = os.open(pending, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(secrets.token_bytes(_FINGERPRINT_KEY_BYTES))
+            with contextlib.suppress(FileExistsError):
+                os.link(pending, path)
+        finally:
+            pending.unlink()
+    raise OSError(f"cannot read a whole fingerprint key from {path}")

@@ -121,7 +121,8 @@ class GitSource:
         creds = credentials or GitCredentials()
         check_credentials(parsed, creds)
         deadline.remaining(STAGE)
-        key = hashlib.sha256(f"{parsed.url}\0{creds.fingerprint()}".encode()).hexdigest()
+        fingerprint = creds.fingerprint(self._cache.fingerprint_key)
+        key = hashlib.sha256(f"{parsed.url}\0{fingerprint}".encode()).hexdigest()
         session = GitSession(
             self._git, self._runner, self._cache.home, self._cache.tmp_dir, parsed, creds, deadline
         )
