@@ -7,8 +7,10 @@ fixtures come from tests/harness/git_fixtures.py through tests/conftest.py).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -381,29 +383,333 @@ def test_a_mirror_that_grew_is_started_afresh(source: GitSource, app: WorkRepo) 
     assert len(mirror.commits) < 6
 
 
-def test_close_removes_what_the_source_wrote(tmp_path: Path, app: WorkRepo) -> None:
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    (cache / "keep.txt").write_text("not ours")
-    source = GitSource(SourceSettings(cache_dir=cache, allow_file_urls=True))
-    fetch(source, app.bare.file_url)
+def test_close_keeps_only_the_mirrors(tmp_path: Path, app: WorkRepo) -> None:
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir()
+    (cache_dir / "keep.txt").write_text("not ours")
+    source = GitSource(SourceSettings(cache_dir=cache_dir, allow_file_urls=True))
+    checkout = fetch(source, app.bare.file_url)
     source.close()
-    assert [p.name for p in cache.iterdir()] == ["keep.txt"]
+    assert not checkout.path.exists()
+    (instance,) = cache_dir.glob("gitferry-*")
+    assert sorted(p.name for p in cache_dir.iterdir()) == [
+        "fingerprint-key",
+        instance.name,
+        "keep.txt",
+    ]
+    assert sorted(p.name for p in instance.iterdir()) == [".lock", "mirrors"]
+    assert [p.name for p in (instance / "mirrors").iterdir()] == [checkout.mirror.name]
+
+
+def test_close_without_keeping_mirrors_removes_what_the_source_wrote(
+    tmp_path: Path, app: WorkRepo
+) -> None:
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir()
+    (cache_dir / "keep.txt").write_text("not ours")
+    source = GitSource(SourceSettings(cache_dir=cache_dir, allow_file_urls=True))
+    fetch(source, app.bare.file_url)
+    source.close(keep_mirrors=False)
+    assert sorted(p.name for p in cache_dir.iterdir()) == ["fingerprint-key", "keep.txt"]
+    created = GitSource(SourceSettings(cache_dir=tmp_path / "new", allow_file_urls=True))
+    fetch(created, app.bare.file_url)
+    created.close(keep_mirrors=False)
+    assert not (tmp_path / "new").exists()  # created by the source: removed whole
 
 
 def test_a_crashed_instances_cache_is_removed(tmp_path: Path, app: WorkRepo) -> None:
-    cache = tmp_path / "cache"
+    cache_dir = tmp_path / "cache"
     code = (
         "import os, sys; from pathlib import Path;"
         "from gitferry.source import GitSource, SourceSettings;"
         "GitSource(SourceSettings(cache_dir=Path(sys.argv[1])));"
         "os._exit(0)"
     )
-    subprocess.run([sys.executable, "-c", code, str(cache)], check=True, timeout=60)
-    assert len(list(cache.iterdir())) == 1  # left behind by a process that never closed
-    source = GitSource(SourceSettings(cache_dir=cache))
+    subprocess.run([sys.executable, "-c", code, str(cache_dir)], check=True, timeout=60)
+    assert len(list(cache_dir.glob("gitferry-*"))) == 1  # left by a process that never closed
+    source = GitSource(SourceSettings(cache_dir=cache_dir))
     try:
-        assert [p for p in cache.iterdir()] == [source._cache.root]
+        assert list(cache_dir.glob("gitferry-*")) == [source._cache.root]
+        assert source._cache.adoption.instances == 1
+    finally:
+        source.close()
+
+
+# --- a restart adopts the mirrors --------------------------------------------------
+# An operator restart with the cache volume intact re-verifies its syncs without
+# cloning again: the new GitSource adopts the mirrors the old one left.
+
+
+def test_after_a_graceful_restart_a_branch_is_asked_for_but_not_fetched_again(
+    tmp_path: Path, app: WorkRepo, http_git_server: HttpGitServer
+) -> None:
+    url, creds, log = http_git_server.url_for(app.bare), basic(http_git_server), http_git_server.log
+    settings = SourceSettings(cache_dir=tmp_path / "cache")
+    first = GitSource(settings)
+    before = fetch(first, url, GitRef(branch="main"), creds)
+    first.close()
+    assert (log.count("ls-refs"), log.count("fetch")) == (1, 1)
+
+    second = GitSource(settings)
+    try:
+        assert second._cache.adoption.adopted == [before.mirror.name]
+        after = fetch(second, url, GitRef(branch="main"), creds)
+        assert after.commit == before.commit == app.head()
+        assert (after.path / "deploy/cm.yaml").read_text() == "kind: ConfigMap\n"
+        # Asked where main is (the remote may have moved), downloaded nothing.
+        assert (log.count("ls-refs"), log.count("fetch")) == (2, 1)
+        assert after.mirror is not None and after.mirror.name == before.mirror.name
+    finally:
+        second.close()
+
+
+def test_after_a_crash_the_mirror_is_adopted_and_fetched_into_incrementally(
+    tmp_path: Path, repo_factory: RepoFactory, http_git_server: HttpGitServer
+) -> None:
+    repo = repo_factory("big")
+    repo.commit({"blob.bin": os.urandom(300_000)}, "a big blob")
+    repo.push()
+    url, creds, log = (
+        http_git_server.url_for(repo.bare),
+        basic(http_git_server),
+        http_git_server.log,
+    )
+    cache_dir = tmp_path / "cache"
+    # A process that fetches, then dies without close(): its lock goes with it,
+    # its directory (tmp/, trees/, home/ and all) stays.
+    code = (
+        "import os, sys; from pathlib import Path;"
+        "from gitferry.deadline import Deadline;"
+        "from gitferry.source import GitCredentials, GitRef, GitSource, SourceSettings;"
+        "s = GitSource(SourceSettings(cache_dir=Path(sys.argv[1])));"
+        "c = GitCredentials(username=os.environ['U'], password=os.environ['P']);"
+        "s.fetch(sys.argv[2], GitRef(), c, Deadline.after(60), 60);"
+        "os._exit(0)"
+    )
+    env = {**os.environ, "U": creds.username or "", "P": creds.password or ""}
+    subprocess.run(
+        [sys.executable, "-c", code, str(cache_dir), url], check=True, timeout=60, env=env
+    )
+    (crashed,) = cache_dir.glob("gitferry-*")
+    assert (crashed / "trees").exists()
+    assert log.count("fetch") == 1
+
+    source = GitSource(SourceSettings(cache_dir=cache_dir))
+    try:
+        (key,) = source._cache.adoption.adopted
+        assert not crashed.exists()
+        assert fetch(source, url, creds=creds).commit == repo.head()
+        assert log.count("fetch") == 1  # the commit came from the adopted mirror
+        objects = source._cache.mirrors_dir / key / "objects"
+        size = cache.dir_size(objects)
+        assert size > 300_000
+
+        new = repo.commit({"small.txt": "a small change"}, "small")
+        repo.push()
+        assert fetch(source, url, creds=creds, max_age=0).commit == new
+        assert log.count("fetch") == 2
+        # git told the server what the mirror has: the 300 kB blob was not sent again.
+        assert cache.dir_size(objects) - size < 100_000
+    finally:
+        source.close()
+
+
+def test_a_pinned_commit_is_served_from_an_adopted_mirror_with_the_remote_gone(
+    tmp_path: Path, app: WorkRepo
+) -> None:
+    settings = SourceSettings(cache_dir=tmp_path / "cache", allow_file_urls=True)
+    first = GitSource(settings)
+    sha = fetch(first, app.bare.file_url).commit
+    first.close()
+    app.bare.path.rename(tmp_path / "gone.git")
+
+    second = GitSource(settings)
+    try:
+        with pytest.raises(FetchError):  # a branch needs the remote's answer
+            fetch(second, app.bare.file_url, GitRef(branch="main"))
+        # ... and a remote that does not answer leaves the adopted mirror as it was.
+        checkout = fetch(second, app.bare.file_url, GitRef(commit=sha))
+        assert checkout.commit == sha
+        assert (checkout.path / "deploy/cm.yaml").read_text() == "kind: ConfigMap\n"
+        with pytest.raises(FetchError):  # what the mirror lacks still needs the remote
+            fetch(second, app.bare.file_url, GitRef(commit="1" * 40))
+    finally:
+        second.close()
+
+
+def _mirror_of(settings: SourceSettings, url: str, creds: GitCredentials | None = None) -> Path:
+    """Fetch `url` once with a GitSource that then closes; the mirror it left."""
+    source = GitSource(settings)
+    try:
+        mirror = source.fetch(url, GitRef(), creds, Deadline.after(MINUTE), MINUTE).mirror
+    finally:
+        source.close()
+    assert mirror is not None
+    (left,) = settings.cache_dir.glob(f"gitferry-*/mirrors/{mirror.name}")
+    return left
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(lambda m: (m / "HEAD").unlink(), id="no HEAD"),
+        pytest.param(lambda m: shutil.rmtree(m / "objects"), id="no objects"),
+        pytest.param(lambda m: (m / "shallow.lock").write_text(""), id="killed git's lock"),
+        pytest.param(
+            lambda m: (m / "refs/heads/main.lock").write_text(""), id="killed git's ref lock"
+        ),
+        pytest.param(
+            lambda m: (m / "objects/info/alternates").write_text("/elsewhere\n"), id="alternates"
+        ),
+        pytest.param(
+            lambda m: (m / "config").write_text(
+                (m / "config").read_text() + '[remote "origin"]\n\turl = https://u:pw@h/r\n'
+            ),
+            id="a remote in its config",
+        ),
+        pytest.param(
+            lambda m: (m / "config").write_text(
+                (m / "config").read_text() + "[core]\n\tfsmonitor = /bin/sh\n"
+            ),
+            id="a command in its config",
+        ),
+        pytest.param(
+            lambda m: (m.rename(m.parents[1] / "x"), m.symlink_to(m.parents[1] / "x")),
+            id="a symlink",
+        ),
+    ],
+)
+def test_a_damaged_mirror_is_discarded_and_cloned_again(
+    tmp_path: Path,
+    app: WorkRepo,
+    http_git_server: HttpGitServer,
+    damage: Callable[[Path], object],
+) -> None:
+    url, creds, log = http_git_server.url_for(app.bare), basic(http_git_server), http_git_server.log
+    settings = SourceSettings(cache_dir=tmp_path / "cache")
+    mirror = _mirror_of(settings, url, creds)
+    damage(mirror)
+    source = GitSource(settings)
+    try:
+        assert source._cache.adoption.adopted == []
+        assert source._cache.adoption.discarded == [mirror.name]
+        assert fetch(source, url, creds=creds).commit == app.head()
+        assert log.count("fetch") == 2  # cloned again
+        assert list(tmp_path.joinpath("cache").glob("gitferry-*")) == [source._cache.root]
+    finally:
+        source.close()
+
+
+def test_a_mirror_missing_an_object_is_started_afresh_without_failing_the_fetch(
+    tmp_path: Path, app: WorkRepo, http_git_server: HttpGitServer
+) -> None:
+    url, creds, log = http_git_server.url_for(app.bare), basic(http_git_server), http_git_server.log
+    settings = SourceSettings(cache_dir=tmp_path / "cache")
+    mirror = _mirror_of(settings, url, creds)
+    blob = app.rev_parse("HEAD:deploy/cm.yaml")
+    loose = mirror / "objects" / blob[:2] / blob[2:]
+    assert loose.exists()  # a small fetch is unpacked into loose objects
+    loose.unlink()  # as a disk that lost a write would leave it
+    source = GitSource(settings)
+    try:
+        assert source._cache.adoption.adopted == [mirror.name]  # it looks whole
+        checkout = fetch(source, url, creds=creds)
+        assert (checkout.path / "deploy/cm.yaml").read_text() == "kind: ConfigMap\n"
+        assert log.count("fetch") >= 2
+        assert (source._cache.mirrors_dir / mirror.name / "objects" / blob[:2] / blob[2:]).exists()
+    finally:
+        source.close()
+
+
+def test_a_live_instances_mirrors_are_not_taken(
+    tmp_path: Path, app: WorkRepo, http_git_server: HttpGitServer
+) -> None:
+    url, creds, log = http_git_server.url_for(app.bare), basic(http_git_server), http_git_server.log
+    settings = SourceSettings(cache_dir=tmp_path / "cache")
+    live = GitSource(settings)
+    try:
+        mine = fetch(live, url, creds=creds)
+        other = GitSource(settings)  # another operator process on the same volume
+        try:
+            assert other._cache.adoption == cache.Adoption()
+            assert fetch(other, url, creds=creds).commit == app.head()
+            assert log.count("fetch") == 2  # its own clone
+        finally:
+            other.close()
+        assert mine.mirror is not None and mine.mirror.is_dir()
+        assert mine.path.exists()
+        assert fetch(live, url, creds=creds, max_age=0).commit == app.head()
+    finally:
+        live.close()
+
+
+def test_two_stopped_instances_with_one_mirror_keep_the_newer(
+    tmp_path: Path, app: WorkRepo
+) -> None:
+    settings = SourceSettings(cache_dir=tmp_path / "cache", allow_file_urls=True)
+    one = GitSource(settings)
+    two = GitSource(settings)  # both alive at once, each with its own copy
+    first = fetch(one, app.bare.file_url).mirror
+    second = fetch(two, app.bare.file_url).mirror
+    one.close()
+    two.close()
+    assert first is not None and second is not None and first.name == second.name
+    os.utime(first, (time.time() - 3600,) * 2)  # the older copy
+    marker = second / "gitferry-fresh-size"
+    newer = marker.read_text()
+    marker.write_text("12345")  # tells the copies apart
+    third = GitSource(settings)
+    try:
+        adoption = third._cache.adoption
+        assert (adoption.adopted, adoption.discarded) == ([first.name], [first.name])
+        assert third._cache._mirrors[first.name].fresh_size == 12345 != int(newer)
+        assert list(settings.cache_dir.glob("gitferry-*")) == [third._cache.root]
+    finally:
+        third.close()
+
+
+def test_adopted_mirrors_are_held_to_the_cache_bound(
+    tmp_path: Path,
+    repo_factory: RepoFactory,
+    http_git_server: HttpGitServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(cache, "IN_USE_GRACE_SECONDS", 0.0)
+    creds, log = basic(http_git_server), http_git_server.log
+    repos = [repo_factory(name) for name in ("first", "second", "third")]
+    for repo in repos:
+        repo.commit({"blob.bin": os.urandom(400_000)}, "big")
+        repo.push()
+    first, second, third = (http_git_server.url_for(r.bare) for r in repos)
+    cache_dir = tmp_path / "c"
+    unbounded = GitSource(SourceSettings(cache_dir=cache_dir))
+    keys = [fetch(unbounded, url, creds=creds).mirror.name for url in (first, second)]
+    unbounded.close()
+    assert log.count("fetch") == 2
+
+    # Room for one mirror of 400 kB: the least recently modified one goes at start.
+    small = GitSource(SourceSettings(cache_dir=cache_dir, max_cache_bytes=600_000))
+    try:
+        adoption = small._cache.adoption
+        assert (adoption.adopted, adoption.evicted) == ([keys[1]], [keys[0]])
+        assert small._cache.total_bytes() == adoption.adopted_bytes <= 600_000
+    finally:
+        small.close()
+
+    # Room for two mirrors, or a mirror and its tree: the adopted mirror, never used
+    # by this process, is the least recently used once another repository comes.
+    bound = 1_000_000
+    source = GitSource(SourceSettings(cache_dir=cache_dir, max_cache_bytes=bound))
+    try:
+        assert source._cache.adoption.adopted == [keys[1]]
+        fetch(source, third, creds=creds)
+        assert log.count("fetch") == 3
+        assert source._cache.total_bytes() <= bound
+        assert [p.name for p in source._cache.mirrors_dir.iterdir()] != [keys[1]]
+        assert not (source._cache.mirrors_dir / keys[1]).exists()
+        assert fetch(source, second, creds=creds).commit == repos[1].head()  # cloned again
+        assert log.count("fetch") == 4
+        assert source._cache.total_bytes() <= bound
     finally:
         source.close()
 
@@ -461,6 +767,47 @@ def test_each_set_of_credentials_gets_its_own_mirror(
         assert fetch(source, url, creds=alice).commit == app.head()
         assert len(list(source._cache.mirrors_dir.iterdir())) == 2
         assert (server.log.count("ls-refs"), server.log.count("fetch")) == (2, 2)
+
+
+def test_an_adopted_mirror_serves_only_the_credentials_it_was_fetched_with(
+    tmp_path: Path, app: WorkRepo, git_root: Path
+) -> None:
+    with HttpGitServer(
+        served_root(git_root), username="alice", password="pw-alice", bearer_token="tok-bob"
+    ) as server:
+        url = server.url_for(app.bare)
+        alice = GitCredentials(username="alice", password="pw-alice")
+        bob = GitCredentials(bearer_token="tok-bob")
+        settings = SourceSettings(cache_dir=tmp_path / "cache")
+        alices = _mirror_of(settings, url, alice)
+        key = (settings.cache_dir / "fingerprint-key").read_bytes()
+        # The mirror is named by the URL and the credentials' keyed fingerprint.
+        assert (
+            alices.name == hashlib.sha256(f"{url}\0{alice.fingerprint(key)}".encode()).hexdigest()
+        )
+        assert alice.fingerprint(key) != bob.fingerprint(key)
+
+        source = GitSource(settings)
+        try:
+            assert source._cache.adoption.adopted == [alices.name]
+            bobs = fetch(source, url, creds=bob).mirror
+            assert bobs is not None and bobs.name != alices.name
+            assert server.log.count("fetch") == 2  # bob's own clone
+            assert fetch(source, url, creds=alice).mirror == source._cache.mirrors_dir / alices.name
+            assert server.log.count("fetch") == 2
+            assert {r.user for r in server.log.records} == {"alice", "bearer"}
+        finally:
+            source.close()
+
+        # Another fingerprint key (the file lost): no old mirror matches any more.
+        (settings.cache_dir / "fingerprint-key").write_bytes(os.urandom(32))
+        source = GitSource(settings)
+        try:
+            assert len(source._cache.adoption.adopted) == 2
+            assert fetch(source, url, creds=alice).mirror.name not in {alices.name, bobs.name}
+            assert server.log.count("fetch") == 3
+        finally:
+            source.close()
 
 
 def test_https_with_the_secrets_ca(

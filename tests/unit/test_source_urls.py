@@ -3,6 +3,8 @@ and what a user reads when git fails. No git process runs here."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -376,18 +378,38 @@ def test_credentials_never_show_secrets() -> None:
     creds = GitCredentials(
         username="alice", password="pw-123456", bearer_token="tok-123456", identity="KEY-123456"
     )
-    text = repr(creds) + str(creds) + creds.fingerprint()
+    text = repr(creds) + str(creds) + creds.fingerprint(KEY)
     for secret in ("pw-123456", "tok-123456", "KEY-123456"):
         assert secret not in text
 
 
+KEY = bytes(range(32))
+
+
 def test_fingerprint_tells_credentials_apart() -> None:
     a = GitCredentials(username="alice", password="one")
-    assert a.fingerprint() == GitCredentials(username="alice", password="one").fingerprint()
-    assert a.fingerprint() != GitCredentials(username="alice", password="two").fingerprint()
-    assert a.fingerprint() != GitCredentials(username="alice1", password="ne").fingerprint()
-    assert GitCredentials().fingerprint() != GitCredentials(known_hosts="x").fingerprint()
-    assert len(a.fingerprint()) == 64
+    fp = a.fingerprint(KEY)
+    assert fp == GitCredentials(username="alice", password="one").fingerprint(KEY)
+    assert fp != GitCredentials(username="alice", password="two").fingerprint(KEY)
+    assert fp != GitCredentials(username="alice1", password="ne").fingerprint(KEY)
+    assert GitCredentials().fingerprint(KEY) != GitCredentials(known_hosts="x").fingerprint(KEY)
+    assert len(fp) == 64
+
+
+def test_fingerprint_is_stable_for_one_key_and_differs_between_keys() -> None:
+    # Mirrors are named by it and adopted by the next process on the same cache:
+    # the same key must give the same name there, another key an unrelated one.
+    a = GitCredentials(username="alice", password="one")
+    assert a.fingerprint(KEY) == a.fingerprint(bytes(KEY))
+    assert a.fingerprint(KEY) != a.fingerprint(bytes(32))
+    assert hashlib.scrypt(  # scrypt of the fields, salted with the key: no fast hash
+        json.dumps(["alice", "one", None, None, None, None]).encode(),
+        salt=KEY,
+        n=1 << 14,
+        r=8,
+        p=1,
+        dklen=32,
+    ).hex() == a.fingerprint(KEY)
 
 
 def test_ssh_without_known_hosts_is_refused_before_git_runs(tmp_path: Path) -> None:

@@ -6,16 +6,23 @@ import base64
 import hashlib
 import hmac
 import json
-import secrets
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 
 from .errors import AuthError
 from .urls import GitURL
 
-# A per-process key for fingerprints: a plain hash of a weak password would be
-# guessable from a cache directory name. The cache does not outlive the process.
-_FINGERPRINT_KEY = secrets.token_bytes(32)
+# Fingerprints name mirror directories, which outlive the process (cache.py), and
+# their key lies on the same volume: whoever copies the volume has both. scrypt
+# makes each guess of a weak password cost ~25 ms and 16 MiB instead of a hash's
+# microsecond; the result is remembered per credentials (keyed by a fast HMAC), so
+# a process pays once per distinct set, not per fetch.
+_SCRYPT_N, _SCRYPT_R = 1 << 14, 8
+_REMEMBERED = 4096
+_remembered: OrderedDict[bytes, str] = OrderedDict()
+_remembered_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -52,11 +59,26 @@ class GitCredentials:
             known_hosts=text("known_hosts"),
         )
 
-    def fingerprint(self) -> str:
-        """A keyed SHA-256 of all fields: equal credentials give equal fingerprints
-        within this process; the value reveals nothing about the secrets."""
+    def fingerprint(self, key: bytes) -> str:
+        """64 hex digits, scrypt of all fields salted with `key` (the cache's
+        fingerprint key): equal credentials and key give equal fingerprints in any
+        process; without the key the value says nothing about the secrets, and
+        with it each guess costs an scrypt. The first call per credentials takes
+        ~25 ms of CPU; later ones are remembered."""
         payload = json.dumps([getattr(self, f.name) for f in fields(self)]).encode()
-        return hmac.new(_FINGERPRINT_KEY, payload, hashlib.sha256).hexdigest()
+        memo = hmac.new(key, payload, hashlib.sha256).digest()
+        with _remembered_lock:
+            known = _remembered.get(memo)
+            if known is not None:
+                _remembered.move_to_end(memo)
+                return known
+        # Outside the lock: two threads may both compute one; the answers are equal.
+        value = hashlib.scrypt(payload, salt=key, n=_SCRYPT_N, r=_SCRYPT_R, p=1, dklen=32).hex()
+        with _remembered_lock:
+            _remembered[memo] = value
+            while len(_remembered) > _REMEMBERED:
+                _remembered.popitem(last=False)
+        return value
 
     def secret_values(self) -> list[str]:
         """Every string that must never appear in a message."""

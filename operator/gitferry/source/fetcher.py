@@ -5,6 +5,13 @@ fetch = validate (URL, ref, credentials; no git yet)
       → fetch the commit into the shared bare mirror if it is not there (--depth=1)
       → materialise the commit's files once into trees/<sha>
       → evict least-recently-used trees and mirrors beyond the cache bound
+
+A mirror adopted from an earlier process (cache.py) is used as it is: never
+re-initialised, fetched into with the refs it has (git negotiates from them), and
+a commit in it is used without fetching once `rev-list --objects` found the
+commit, its tree and every blob. The URL and credentials reach git on its command
+line and in its environment, never in the mirror's config, so a mirror holds
+nothing of an old URL or Secret to rewrite.
 """
 
 from __future__ import annotations
@@ -42,6 +49,10 @@ _FRESH_ENOUGH_SECONDS = 1.0
 # operation "ls-remote" or "fetch", outcome "ok", "auth_failed", "not_found",
 # "timeout" or "error". The runtime hands one in (metrics); this library imports none.
 GitObserver = Callable[[str, str, float], None]
+
+
+class _OverLimit(FetchError):
+    """A repository or checkout over max_repo_bytes: a fresh mirror cannot help."""
 
 
 @dataclass(frozen=True)
@@ -121,7 +132,8 @@ class GitSource:
         creds = credentials or GitCredentials()
         check_credentials(parsed, creds)
         deadline.remaining(STAGE)
-        key = hashlib.sha256(f"{parsed.url}\0{creds.fingerprint()}".encode()).hexdigest()
+        fingerprint = creds.fingerprint(self._cache.fingerprint_key)
+        key = hashlib.sha256(f"{parsed.url}\0{fingerprint}".encode()).hexdigest()
         session = GitSession(
             self._git, self._runner, self._cache.home, self._cache.tmp_dir, parsed, creds, deadline
         )
@@ -200,9 +212,11 @@ class GitSource:
                     self._described.popitem(last=False)
         return info
 
-    def close(self) -> None:
-        """Remove everything this source wrote under cache_dir."""
-        self._cache.close()
+    def close(self, keep_mirrors: bool = True) -> None:
+        """Remove the checked-out trees and scratch files this source wrote under
+        cache_dir. With `keep_mirrors` the bare mirrors stay for the next GitSource
+        on the same cache_dir to adopt; without, everything this source wrote goes."""
+        self._cache.close(keep_mirrors=keep_mirrors)
 
     # --- steps, each under the mirror's lock ---------------------------------
     def _fetch_locked(
@@ -214,30 +228,74 @@ class GitSource:
         max_age: float,
     ) -> Checkout:
         started = time.monotonic()
+        resolved = (
+            None
+            if want.commit is not None
+            else self._resolve(mirror, session, want, deadline, max_age)
+        )
+        # The remote answered (or was not asked). An adopted mirror that git fails on
+        # from here is started afresh and tried once more: a mirror an earlier process
+        # left damaged costs a clone, not a failed sync. A remote that does not answer
+        # ls-remote leaves the mirror alone.
+        adopted = mirror.adopted
+        try:
+            return self._fetch_into_tree(mirror, session, want, resolved, deadline, started)
+        except FetchError as e:
+            if not adopted or e.timed_out or isinstance(e, _OverLimit):
+                raise
+            log.warning(
+                "url=%s action=discard_mirror mirror=%s reason=%r",
+                session.url.url,
+                mirror.key[:12],
+                e.message,
+            )
+            self._cache.reset_mirror(mirror)
+            return self._fetch_into_tree(mirror, session, want, resolved, deadline, started)
+
+    def _resolve(
+        self, mirror: Mirror, session: GitSession, want: Want, deadline: Deadline, max_age: float
+    ) -> Resolved:
+        """The ref `want` names, from the remote's refs (asked at most once per max_age)."""
         url = session.url.url
+        answer = self._remote_refs(mirror, session, deadline, max_age)
+        try:
+            return resolve(answer, want, url)
+        except RevisionMissing:
+            if time.monotonic() - answer.at < _FRESH_ENOUGH_SECONDS:
+                raise
+            # Another sync's remembered answer may predate the branch or tag this
+            # one names: a miss is worth one more question.
+            answer = self._remote_refs(mirror, session, deadline, max_age=0)
+            return resolve(answer, want, url)
+
+    def _fetch_into_tree(
+        self,
+        mirror: Mirror,
+        session: GitSession,
+        want: Want,
+        resolved: Resolved | None,
+        deadline: Deadline,
+        started: float,
+    ) -> Checkout:
+        """The checkout of the pinned commit (`resolved` None) or of the resolved ref:
+        fetched into the mirror unless it is there, materialised unless it is."""
         fetched = False
-        if want.commit is not None:
+        if resolved is None:
+            assert want.commit is not None
             commit = want.commit
             label = want.branch
-            if commit not in mirror.commits:
+            if commit not in mirror.commits and not self._found_whole(mirror, session, commit):
                 target = f"refs/gitferry/pins/{commit}"
                 self._fetch_object(mirror, session, deadline, commit, target, f"commit {commit}")
                 self._verify_commit(mirror, session, target, f"commit {commit}")
                 fetched = True
         else:
-            answer = self._remote_refs(mirror, session, deadline, max_age)
-            try:
-                resolved = resolve(answer, want, url)
-            except RevisionMissing:
-                if time.monotonic() - answer.at < _FRESH_ENOUGH_SECONDS:
-                    raise
-                # Another sync's remembered answer may predate the branch or tag this
-                # one names: a miss is worth one more question.
-                answer = self._remote_refs(mirror, session, deadline, max_age=0)
-                resolved = resolve(answer, want, url)
             label = resolved.label
-            if resolved.commit in mirror.commits:
-                commit = resolved.commit
+            known = resolved.commit  # None when the server did not peel a tag
+            if known is not None and (
+                known in mirror.commits or self._found_whole(mirror, session, known)
+            ):
+                commit = known
             else:
                 commit = self._fetch_ref(mirror, session, deadline, resolved)
                 fetched = True
@@ -249,7 +307,7 @@ class GitSource:
             evicted = self._cache.evict(keep_mirror=mirror, keep_tree=commit)
             log.debug(
                 "url=%s commit=%s action=fetch duration_ms=%d cache_bytes=%d evicted=%d",
-                url,
+                session.url.url,
                 commit,
                 (time.monotonic() - started) * 1000,
                 self._cache.total_bytes(),
@@ -316,7 +374,7 @@ class GitSource:
         if mirror.fresh_size and mirror.size > _REBUILD_FACTOR * mirror.fresh_size:
             self._cache.reset_mirror(mirror)
         while True:
-            fresh = not mirror.commits
+            fresh = not mirror.commits and not mirror.adopted
             self._fetch_into(mirror, session, deadline, source, target, wanted)
             size = self._repo_size(mirror, session)
             limit = self.settings.max_repo_bytes
@@ -324,13 +382,12 @@ class GitSource:
                 break
             self._cache.reset_mirror(mirror)
             if fresh:
-                raise FetchError(
+                raise _OverLimit(
                     f"repository {session.url.url} is {size / MIB:.1f} MiB, over the limit of "
                     f"{limit / MIB:.1f} MiB for one repository"
                 )
-        self._cache.set_mirror_size(mirror, size)
-        if fresh:
-            mirror.fresh_size = size
+        # An adopted mirror whose fresh size was lost counts from its size now.
+        self._cache.set_mirror_size(mirror, size, fresh=fresh or not mirror.fresh_size)
 
     def _fetch_into(
         self,
@@ -376,6 +433,28 @@ class GitSource:
         commit = out.strip()
         mirror.commits.add(commit)
         return commit
+
+    def _found_whole(self, mirror: Mirror, session: GitSession, commit: str) -> bool:
+        """Whether an adopted mirror already holds `commit` with its whole tree (then
+        it joins `mirror.commits`); False at once for a mirror this process filled,
+        whose `commits` is complete.
+
+        `cat-file -e` would not do: a process killed while git unpacked a fetch can
+        leave the commit without its tree or blobs. `rev-list --objects` reads every
+        object the checkout needs and fails on a missing one; `--no-walk` keeps it to
+        this commit (a depth-1 mirror has no parents to walk). Local, no network."""
+        if not mirror.adopted:
+            return False
+        try:
+            session.run(
+                ["rev-list", "--objects", "--no-walk", "--quiet", f"{commit}^{{commit}}", "--"],
+                action="rev-list",
+                git_dir=mirror.path,
+            )
+        except SourceError:
+            return False  # not there (or not whole): fetch it
+        mirror.commits.add(commit)
+        return True
 
     def _ensure_initialised(self, mirror: Mirror, session: GitSession) -> None:
         if not mirror.initialised:
@@ -436,7 +515,7 @@ class GitSource:
             total += int(size) if size.isdigit() else 0
         limit = self.settings.max_repo_bytes
         if total > limit or entries > self.settings.max_tree_entries:
-            raise FetchError(
+            raise _OverLimit(
                 f"commit {commit} of {session.url.url} holds {entries} files of "
                 f"{total / MIB:.1f} MiB, over the limit of {limit / MIB:.1f} MiB and "
                 f"{self.settings.max_tree_entries} files for one repository's checkout"
