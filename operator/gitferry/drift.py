@@ -49,9 +49,12 @@ log = logging.getLogger("gitferry.drift")
 # A burst of watch events (a rollout touching an object several times) makes one
 # reconcile, this many seconds after the first.
 DEBOUNCE_SECONDS = 0.5
-# Corrections of one object within FIGHT_WINDOW before backoff starts: someone
-# else keeps changing it.
+# Corrections of one object's fields taken by one field manager within
+# FIGHT_WINDOW before backoff starts: that manager keeps changing it.
 FIGHT_THRESHOLD = 3
+# Who "took" a deleted object: deletions in a row are a fight too (a controller
+# garbage-collecting what git declares), though no field manager says who.
+DELETED_BY = "(deleted)"
 FIGHT_WINDOW = 300.0
 MAX_BACKOFF = 300.0
 # Events held per sync while its reconcile applies (beyond: the next full
@@ -111,11 +114,14 @@ class Baseline:
 
 @dataclass
 class Fight:
-    """Repeated corrections of one object: when, and who took which fields.
-    `open`: it drifted from its current baseline already (one correction is
-    due; more events before the correction are the same drift)."""
+    """Repeated corrections of one object: when, by whom (a field manager, or
+    DELETED_BY for a deletion), and which fields were taken. A fight is one
+    manager taking fields back again and again: two people's unrelated edits
+    of one object are two corrections, never a fight. `open`: it drifted from
+    its current baseline already (one correction is due; more events before
+    the correction are the same drift)."""
 
-    times: list[float] = field(default_factory=list)
+    times: dict[str, list[float]] = field(default_factory=dict)
     open: bool = False
     managers: set[str] = field(default_factory=set)
     paths: set[str] = field(default_factory=set)
@@ -309,11 +315,16 @@ class Drift:
             if fight.open:
                 return  # the same drift again (the controller's status writes): one correction
             fight.open = True
-            fight.times = [t for t in fight.times if now - t < FIGHT_WINDOW] + [now]
-            fight.managers |= takers
+            n, first = 0, now
+            for who in takers or {DELETED_BY}:
+                times = [t for t in fight.times.get(who, ()) if now - t < FIGHT_WINDOW] + [now]
+                fight.times[who] = times
+                if len(times) > n:
+                    n, first = len(times), times[0]
+                if len(times) > FIGHT_THRESHOLD and who != DELETED_BY:
+                    fight.managers.add(who)
             fight.paths |= lost
             delay = DEBOUNCE_SECONDS
-            n = len(fight.times)
             if n > FIGHT_THRESHOLD:
                 delay = min(MAX_BACKOFF, DEBOUNCE_SECONDS * 2 ** (n - FIGHT_THRESHOLD + 2))
                 delay *= random.uniform(0.9, 1.1)
@@ -322,7 +333,7 @@ class Drift:
                     self._warnings.setdefault(key, []).append(
                         f"{ref} is changed again and again by field manager(s) "
                         f"{', '.join(sorted(fight.managers))} ({', '.join(sorted(fight.paths)[:5])}; "
-                        f"{n} times in {int(now - fight.times[0])}s): gitferry puts git's values back "
+                        f"{n} times in {int(now - first)}s): gitferry puts git's values back "
                         "with backoff; remove these fields from git, or stop the other manager"
                     )
             when = now + delay

@@ -180,6 +180,21 @@ def test_a_fight_backs_off_and_warns_once_naming_the_manager_and_field(setup: An
     assert drift.warnings(KEY) == []  # once
 
 
+def test_edits_by_different_managers_are_no_fight(setup: Any) -> None:
+    """People editing one object by hand with different tools: each edit is
+    corrected at once, nobody is named in a Warning."""
+    drift, _, requests = setup
+    tools = ["kubectl-edit", "kubectl-patch", "kubectl-scale", "kubectl-label", "Mozilla"]
+    for i, tool in enumerate(tools):
+        taker = [{"manager": tool, "operation": "Update",
+                  "fieldsV1": {"f:spec": {"f:replicas": {}}}}]  # fmt: skip
+        drift.on_event("MODIFIED", Meta(REF, "u1", canonical(LESS)), taker)
+        settle(requests, i + 1, timeout=0.8)
+        drift.record(KEY, "main@sha1:1", 3, {REF: applied()})
+    assert len(requests) == len(tools)  # no backoff
+    assert drift.warnings(KEY) == []
+
+
 def test_forget_drops_everything_of_a_sync(setup: Any) -> None:
     drift, _, requests = setup
     drift.forget(KEY)
