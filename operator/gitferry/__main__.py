@@ -74,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import kopf
 
-    from . import handlers  # noqa: F401  (registers the handlers)
+    from . import handlers  # registers the handlers
+
+    handlers.watching(args.namespace)
 
     kopf.run(
         standalone=True,  # one replica (Recreate); peering needs its own CRDs
