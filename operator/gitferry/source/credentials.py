@@ -23,6 +23,11 @@ _SCRYPT_N, _SCRYPT_R = 1 << 14, 8
 _REMEMBERED = 4096
 _remembered: OrderedDict[bytes, str] = OrderedDict()
 _remembered_lock = threading.Lock()
+# One scrypt at a time: each takes 16 MiB for its moment, and 4 reconcile threads
+# starting at once took the operator's peak memory up by 64 MiB (make bench).
+_scrypt_lock = threading.Lock()
+# The fingerprint of no credentials: nothing secret to hide, no scrypt.
+NO_CREDENTIALS = "none"
 
 
 @dataclass(frozen=True)
@@ -61,19 +66,21 @@ class GitCredentials:
 
     def fingerprint(self, key: bytes) -> str:
         """64 hex digits, scrypt of all fields salted with `key` (the cache's
-        fingerprint key): equal credentials and key give equal fingerprints in any
+        fingerprint key), or NO_CREDENTIALS when every field is empty: equal credentials and key give equal fingerprints in any
         process; without the key the value says nothing about the secrets, and
         with it each guess costs an scrypt. The first call per credentials takes
         ~25 ms of CPU; later ones are remembered."""
+        if not any(getattr(self, f.name) for f in fields(self)):
+            return NO_CREDENTIALS
         payload = json.dumps([getattr(self, f.name) for f in fields(self)]).encode()
         memo = hmac.new(key, payload, hashlib.sha256).digest()
-        with _remembered_lock:
-            known = _remembered.get(memo)
-            if known is not None:
-                _remembered.move_to_end(memo)
-                return known
-        # Outside the lock: two threads may both compute one; the answers are equal.
-        value = hashlib.scrypt(payload, salt=key, n=_SCRYPT_N, r=_SCRYPT_R, p=1, dklen=32).hex()
+        with _scrypt_lock:
+            with _remembered_lock:
+                known = _remembered.get(memo)
+                if known is not None:
+                    _remembered.move_to_end(memo)
+                    return known
+            value = hashlib.scrypt(payload, salt=key, n=_SCRYPT_N, r=_SCRYPT_R, p=1, dklen=32).hex()
         with _remembered_lock:
             _remembered[memo] = value
             while len(_remembered) > _REMEMBERED:
