@@ -125,7 +125,7 @@ class Fight:
     open: bool = False
     managers: set[str] = field(default_factory=set)
     paths: set[str] = field(default_factory=set)
-    warned: bool = False
+    warned: set[str] = field(default_factory=set)  # managers a Warning named
 
 
 class Drift:
@@ -328,11 +328,12 @@ class Drift:
             if n > FIGHT_THRESHOLD:
                 delay = min(MAX_BACKOFF, DEBOUNCE_SECONDS * 2 ** (n - FIGHT_THRESHOLD + 2))
                 delay *= random.uniform(0.9, 1.1)
-                if not fight.warned and fight.managers:
-                    fight.warned = True
+                new = fight.managers - fight.warned
+                if new:  # each manager that is backed off is named, once
+                    fight.warned |= new
                     self._warnings.setdefault(key, []).append(
                         f"{ref} is changed again and again by field manager(s) "
-                        f"{', '.join(sorted(fight.managers))} ({', '.join(sorted(fight.paths)[:5])}; "
+                        f"{', '.join(sorted(new))} ({', '.join(sorted(fight.paths)[:5])}; "
                         f"{n} times in {int(now - first)}s): gitferry puts git's values back "
                         "with backoff; remove these fields from git, or stop the other manager"
                     )

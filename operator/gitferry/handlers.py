@@ -74,11 +74,13 @@ def watching(namespaces: list[str]) -> None:
     """Tell the login handler which namespaces Kopf will watch (none: all)."""
     global _streams, _unbounded
     _streams = 4 + 2 * len(namespaces)
-    # A glob matches namespaces as they come: the streams cannot be counted.
-    _unbounded = any(c in ns for ns in namespaces for c in "*?[!")
+    # A glob or a list (Kopf's "a,b", "!c") matches namespaces as they come: the
+    # streams cannot be counted.
+    _unbounded = any(c in ns for ns in namespaces for c in "*?[!,")
 
 
-@kopf.on.login()
+# Errors ignored, as Kopf's own login handlers: none answering is Kopf's LoginError.
+@kopf.on.login(errors=kopf.ErrorsMode.IGNORED)
 async def login(**kwargs: Any) -> kopf.AiohttpSession | None:
     """Kopf's usual login (in-cluster, then kubeconfig), with a bounded pool."""
     info = kopf.login_via_client(**kwargs)

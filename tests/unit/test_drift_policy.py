@@ -195,6 +195,18 @@ def test_edits_by_different_managers_are_no_fight(setup: Any) -> None:
     assert drift.warnings(KEY) == []
 
 
+def test_each_manager_that_fights_is_named_once(setup: Any) -> None:
+    drift, _, requests = setup
+    for i in range(2 * (FIGHT_THRESHOLD + 1)):
+        tool = ("m1", "m2")[i % 2]
+        taker = [{"manager": tool, "operation": "Update",
+                  "fieldsV1": {"f:spec": {"f:replicas": {}}}}]  # fmt: skip
+        drift.on_event("MODIFIED", Meta(REF, "u1", canonical(LESS)), taker)
+        drift.record(KEY, "main@sha1:1", 3, {REF: applied()})
+    warnings = drift.warnings(KEY)
+    assert [("m1" in w, "m2" in w) for w in warnings] == [(True, False), (False, True)]
+
+
 def test_forget_drops_everything_of_a_sync(setup: Any) -> None:
     drift, _, requests = setup
     drift.forget(KEY)

@@ -136,6 +136,9 @@ def test_a_first_apply_names_every_object_it_could_not_create(fake: FakeKube) ->
     assert 'ConfigMap/nowhere/lost (nowhere/lost.yaml): namespaces "nowhere" not found' in message
     assert 'ConfigMap/void/gone (void/gone.yaml): namespaces "void" not found' in message
     assert fake.object("v1", "ConfigMap", "good", "team") is not None  # no last good state to keep
+    assert message.endswith(
+        "(1 object(s) written before it failed: ConfigMap/team/good; the rest not)"
+    )
 
 
 def test_an_invalid_namespace_stops_every_later_stage_before_it_is_even_dry_run(

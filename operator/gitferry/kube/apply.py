@@ -250,7 +250,10 @@ class Engine:
         for stage in stages(items):
             missing = [it for it in stage if it.ref not in live]
             live.update(self.read_live(missing, deadline))
-            changes = self._apply_stage(stage, live, deadline, result.live, validate_creates)
+            written = [c.ref for c in result.changes if c.action in _WRITTEN]
+            changes = self._apply_stage(
+                stage, live, deadline, result.live, validate_creates, written
+            )
             result.changes += changes
             # Only CRDs this stage wrote can be new to the API: an unchanged one costs
             # no wait and no discovery refresh.
@@ -272,8 +275,10 @@ class Engine:
         deadline: Deadline,
         after: dict[ObjRef, dict[str, Any]],
         validate_creates: bool = True,
+        written: list[ObjRef] | None = None,
     ) -> list[Change]:
-        """Dry-run, then write, one stage; `after` receives each object as it now is."""
+        """Dry-run, then write, one stage; `after` receives each object as it now
+        is; `written`: what earlier stages wrote (named when a write fails)."""
         dry_runs: dict[ObjRef, dict[str, Any]] = {}  # what each dry-run returned
 
         # 1. Dry-run everything; collect every failure.
@@ -377,7 +382,16 @@ class Engine:
             failed = [d for d in done if isinstance(d, str)]
             changes += [d for d in done if not isinstance(d, str)]
             if failed:  # every failure of the rank at once; later ranks are not written
-                raise ApplyError("; ".join(failed))
+                wrote = (written or []) + [c.ref for c in changes if c.action in _WRITTEN]
+                before = (
+                    f" ({len(wrote)} object(s) written before it failed: "
+                    + ", ".join(str(r) for r in wrote[:10])
+                    + (f" and {len(wrote) - 10} more" if len(wrote) > 10 else "")
+                    + "; the rest not)"
+                    if wrote
+                    else " (nothing was written)"
+                )
+                raise ApplyError("; ".join(failed) + before)
         return changes
 
     def _wait_established(self, crds: list[Item], deadline: Deadline) -> None:

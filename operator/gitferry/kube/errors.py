@@ -55,7 +55,9 @@ class LineTooLong(KubeError):
 
 class ApplyError(Exception):
     """Objects could not be applied; `message` names each object and its file and
-    the API server's words. Nothing of the failing stage was written."""
+    the API server's words. Nothing of the failing stage was written when its
+    dry-run failed; when a write failed (after its dry-run, or a first apply's
+    create without one), the message says which objects were written before."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
