@@ -55,19 +55,18 @@ def goals(r: Results) -> list[str]:
         p = r.p1_at(n)
         if p is None:
             continue
+        if n == 1000:  # two goals, each with its own verdict
+            rows.append(
+                f"| P1: {n} syncs × 4 objects, all Ready | ≤ 60 s | {p.gitferry_s:.1f} s | "
+                + _verdict(p.gitferry_s <= 60, f"{p.gitferry_s - 60:.0f} s over")
+                + " |"
+            )
         rows.append(
             f"| P1: {n} syncs × 4 objects, all Ready | ≤ 1.5 × kubectl"
-            f"{', ≤ 60 s' if n == 1000 else ''} | {p.gitferry_s:.1f} s = {p.ratio:.2f} ×"
-            f" kubectl ({p.kubectl_s:.1f} s) | "
+            f" | {p.gitferry_s:.1f} s = {p.ratio:.2f} × kubectl ({p.kubectl_s:.1f} s) | "
             + _verdict(
-                p.ratio <= 1.5 and (n != 1000 or p.gitferry_s <= 60),
-                f"{p.ratio / 1.5:.1f} × over the ratio"
-                + (
-                    f", {p.gitferry_s - 60:.0f} s over 60 s"
-                    if n == 1000 and p.gitferry_s > 60
-                    else ""
-                )
-                + " ([why](#where-the-time-goes))",
+                p.ratio <= 1.5,
+                f"{p.ratio / 1.5:.1f} × over the ratio ([why](#where-the-time-goes))",
             )
             + " |"
         )

@@ -112,7 +112,8 @@ def _p1(r: Results) -> list[str]:
         f" Dry-runs: {dry:.1f} per sync (a first apply creates absent objects without one,"
         " as kubectl does). Earlier versions asked 20 per new sync: a dry-run of every"
         " object, an inventory write before the apply, and two more Kopf patches of its"
-        " own bookkeeping; removing them took P1 at N = 1000 from 67 s to about 35 s. To"
+        " own bookkeeping (P1 at N = 1000 took 67 s with them on a quiet machine,"
+        f" {p.gitferry_s:.0f} s here at N = {p.n}). To"
         " reach 1.5 × kubectl a new sync could ask at most about 6: that means no ownership"
         " read and no status before Ready, which would overwrite other syncs' objects"
         " unseen and leave `kubectl wait` blind; not done.",
