@@ -250,9 +250,9 @@ class Engine:
         for stage in stages(items):
             missing = [it for it in stage if it.ref not in live]
             live.update(self.read_live(missing, deadline))
-            written = [c.ref for c in result.changes if c.action in _WRITTEN]
+            earlier = [c.ref for c in result.changes if c.action in _WRITTEN]
             changes = self._apply_stage(
-                stage, live, deadline, result.live, validate_creates, written
+                stage, live, deadline, result.live, validate_creates, earlier
             )
             result.changes += changes
             # Only CRDs this stage wrote can be new to the API: an unchanged one costs
