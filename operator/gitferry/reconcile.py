@@ -796,10 +796,7 @@ def _apply(
             deadline,
             inventory=grown,
         )
-    # Nothing applied yet: no last good state to keep, so objects that do not exist
-    # are created without a dry-run first (half the requests of a new sync).
-    first = not old and run.status.last_applied_revision is None
-    changes = plan.engine.apply(plan.items, deadline, plan.live, validate_creates=not first)
+    changes = plan.engine.apply(plan.items, deadline, plan.live)
     for it in plan.items:
         if plan.verdicts[it.ref].claimed_by_us:
             _set_claim(plan.engine, plan.client, it.ref, None, deadline)

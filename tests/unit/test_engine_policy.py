@@ -109,36 +109,18 @@ def test_one_invalid_object_writes_nothing_and_every_failure_is_named(fake: Fake
     assert writes(fake) == []
 
 
-def test_a_first_apply_creates_what_is_absent_without_a_dry_run(fake: FakeKube) -> None:
-    """validate_creates=False (nothing applied yet): one request per new object,
-    as kubectl apply makes; an object that exists is still dry-run first."""
-    fake.seed(cm("there", data="old"))
-    new = engine(fake).apply(
-        [item(cm("a")), item(cm("b")), item(cm("there", data="new"))],
-        Deadline.after(30),
-        validate_creates=False,
+def test_a_write_that_fails_after_its_dry_run_names_what_was_written(fake: FakeKube) -> None:
+    fake.fail(
+        "PATCH", "/api/v1/namespaces/team/configmaps/b", 409, "the object changed", dry_run=False
     )
-    assert {c.ref.name: c.action for c in new.changes} == {
-        "a": Action.CREATED, "b": Action.CREATED, "there": Action.CONFIGURED,
-    }  # fmt: skip
-    dry = sorted(c.path.rsplit("/", 1)[1] for c in patches(fake) if c.dry_run)
-    assert dry == ["there"]
-
-
-def test_a_first_apply_names_every_object_it_could_not_create(fake: FakeKube) -> None:
     with pytest.raises(ApplyError) as e:
-        engine(fake).apply(
-            [item(cm("good")), item(cm("lost", "nowhere")), item(cm("gone", "void"))],
-            Deadline.after(30),
-            validate_creates=False,
-        )
+        apply(fake, item(cm("a")), item(cm("b")), item(deployment("web", "web")))
     message = str(e.value)
-    assert 'ConfigMap/nowhere/lost (nowhere/lost.yaml): namespaces "nowhere" not found' in message
-    assert 'ConfigMap/void/gone (void/gone.yaml): namespaces "void" not found' in message
-    assert fake.object("v1", "ConfigMap", "good", "team") is not None  # no last good state to keep
+    assert message.startswith("ConfigMap/team/b (team/b.yaml): the object changed")
     assert message.endswith(
-        "(1 object(s) written before it failed: ConfigMap/team/good; the rest not)"
+        "(1 object(s) written before it failed: ConfigMap/team/a; the rest not)"
     )
+    assert fake.object("apps/v1", "Deployment", "web", "team") is None  # a later rank
 
 
 def test_an_invalid_namespace_stops_every_later_stage_before_it_is_even_dry_run(

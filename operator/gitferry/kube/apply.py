@@ -7,10 +7,8 @@ with server-side apply before any is written; if any fails, nothing of the
 stage (nor of later ones) is written and every failure is reported at once.
 An object whose dry-run result equals the live object is not written at all.
 
-A caller with no last good state to keep (nothing applied yet) may pass
-`validate_creates=False`: objects that do not exist are then created without a
-dry-run first (as `kubectl apply` does), which halves the requests of a first
-apply; one that fails fails the stage after the others were written.
+A write that fails after its dry-run passed (the object changed meanwhile, the
+API server's admission) names the objects written before it.
 """
 
 from __future__ import annotations
@@ -238,22 +236,17 @@ class Engine:
         items: Sequence[Item],
         deadline: Deadline,
         live: dict[ObjRef, dict[str, Any] | None] | None = None,
-        validate_creates: bool = True,
     ) -> ChangeSet:
         """Apply all items, stage by stage; ApplyError lists every object that failed.
 
-        `live`: the objects as read (None: absent), read here when missing.
-        `validate_creates=False`: absent objects are created without a dry-run
-        (module docstring)."""
+        `live`: the objects as read (None: absent), read here when missing."""
         live = dict(live or {})
         result = ChangeSet()
         for stage in stages(items):
             missing = [it for it in stage if it.ref not in live]
             live.update(self.read_live(missing, deadline))
             earlier = [c.ref for c in result.changes if c.action in _WRITTEN]
-            changes = self._apply_stage(
-                stage, live, deadline, result.live, validate_creates, earlier
-            )
+            changes = self._apply_stage(stage, live, deadline, result.live, earlier)
             result.changes += changes
             # Only CRDs this stage wrote can be new to the API: an unchanged one costs
             # no wait and no discovery refresh.
@@ -274,7 +267,6 @@ class Engine:
         live: dict[ObjRef, dict[str, Any] | None],
         deadline: Deadline,
         after: dict[ObjRef, dict[str, Any]],
-        validate_creates: bool = True,
         written: list[ObjRef] | None = None,
     ) -> list[Change]:
         """Dry-run, then write, one stage; `after` receives each object as it now
@@ -286,8 +278,6 @@ class Engine:
             current = live.get(it.ref)
             if it.create_only and current is not None:
                 return it, "skip", None
-            if current is None and not validate_creates:
-                return it, "create", None
             try:
                 dry = dry_runs[it.ref] = self._apply(it, deadline, dry_run=True)
             except KubeError as e:
