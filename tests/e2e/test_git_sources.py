@@ -37,7 +37,7 @@ from gitferry.source import (
 )
 from tests.harness.git_fixtures import GIT_USERNAME, RepoFactory
 from tests.harness.gitrepo import WorkRepo, served_root
-from tests.harness.gitserver import MARKER_ENV, HttpGitServer, SshGitServer, descendants
+from tests.harness.gitserver import MARKER_ENV, HttpGitServer, RequestLog, SshGitServer, descendants
 from tests.harness.pki import CA
 
 pytestmark = pytest.mark.e2e
@@ -435,15 +435,25 @@ def test_a_crashed_instances_cache_is_removed(tmp_path: Path, app: WorkRepo) -> 
         source.close()
 
 
+Served = tuple[str, GitCredentials, RequestLog]
+
+
+@pytest.fixture
+def served(app: WorkRepo, http_git_server: HttpGitServer) -> Served:
+    """The app repository over HTTP with basic auth: its URL, the credentials and
+    the server's request log (one line per git request)."""
+    return http_git_server.url_for(app.bare), basic(http_git_server), http_git_server.log
+
+
 # --- a restart adopts the mirrors --------------------------------------------------
 # An operator restart with the cache volume intact re-verifies its syncs without
 # cloning again: the new GitSource adopts the mirrors the old one left.
 
 
 def test_after_a_graceful_restart_a_branch_is_asked_for_but_not_fetched_again(
-    tmp_path: Path, app: WorkRepo, http_git_server: HttpGitServer
+    tmp_path: Path, app: WorkRepo, served: Served
 ) -> None:
-    url, creds, log = http_git_server.url_for(app.bare), basic(http_git_server), http_git_server.log
+    url, creds, log = served
     settings = SourceSettings(cache_dir=tmp_path / "cache")
     first = GitSource(settings)
     before = fetch(first, url, GitRef(branch="main"), creds)
@@ -582,10 +592,10 @@ def _mirror_of(settings: SourceSettings, url: str, creds: GitCredentials | None 
 def test_a_damaged_mirror_is_discarded_and_cloned_again(
     tmp_path: Path,
     app: WorkRepo,
-    http_git_server: HttpGitServer,
+    served: Served,
     damage: Callable[[Path], object],
 ) -> None:
-    url, creds, log = http_git_server.url_for(app.bare), basic(http_git_server), http_git_server.log
+    url, creds, log = served
     settings = SourceSettings(cache_dir=tmp_path / "cache")
     mirror = _mirror_of(settings, url, creds)
     damage(mirror)
@@ -601,9 +611,9 @@ def test_a_damaged_mirror_is_discarded_and_cloned_again(
 
 
 def test_a_mirror_missing_an_object_is_started_afresh_without_failing_the_fetch(
-    tmp_path: Path, app: WorkRepo, http_git_server: HttpGitServer
+    tmp_path: Path, app: WorkRepo, served: Served
 ) -> None:
-    url, creds, log = http_git_server.url_for(app.bare), basic(http_git_server), http_git_server.log
+    url, creds, log = served
     settings = SourceSettings(cache_dir=tmp_path / "cache")
     mirror = _mirror_of(settings, url, creds)
     blob = app.rev_parse("HEAD:deploy/cm.yaml")
@@ -622,9 +632,9 @@ def test_a_mirror_missing_an_object_is_started_afresh_without_failing_the_fetch(
 
 
 def test_a_live_instances_mirrors_are_not_taken(
-    tmp_path: Path, app: WorkRepo, http_git_server: HttpGitServer
+    tmp_path: Path, app: WorkRepo, served: Served
 ) -> None:
-    url, creds, log = http_git_server.url_for(app.bare), basic(http_git_server), http_git_server.log
+    url, creds, log = served
     settings = SourceSettings(cache_dir=tmp_path / "cache")
     live = GitSource(settings)
     try:
