@@ -91,10 +91,17 @@ def push(repo: WorkRepo, files: Mapping[str, str | bytes | None], message: str) 
 # --- what the cluster says -----------------------------------------------------
 
 
+ROOT_CA = "kube-root-ca.crt"
+
+
 def live_configmaps(cluster: Cluster, namespace: str) -> dict[str, dict[str, Any]]:
-    """Every ConfigMap of `namespace` by name, read at once (not one kubectl per object)."""
+    """Every ConfigMap of `namespace` by name, read at once (not one kubectl per object),
+    but kube-root-ca.crt: kube-controller-manager publishes it into each namespace
+    when it gets to it, seconds later on a busy machine (a fresh-clone CI run saw it
+    appear between two reads)."""
     out = cluster.kubectl("get", "configmaps", "-n", namespace, "-o", "json").stdout
-    return {cm["metadata"]["name"]: cm for cm in json.loads(out)["items"]}
+    items = json.loads(out)["items"]
+    return {cm["metadata"]["name"]: cm for cm in items if cm["metadata"]["name"] != ROOT_CA}
 
 
 def labelled_everywhere(cluster: Cluster, resource: str, sync: str, namespace: str) -> set[str]:
